@@ -1,0 +1,129 @@
+"""Public fused ops and backend dispatch.
+
+This module is the only place that knows about backends.  Models and samplers
+call the functions here with ``backend="auto" | "triton" | "cuda" | "torch"``:
+
+* ``"torch"``  -- the pure-PyTorch reference (``fastncsn.reference``); runs anywhere.
+* ``"triton"`` -- Triton kernels (``fastncsn.kernels``); CUDA tensors, or CPU
+  tensors when ``TRITON_INTERPRET=1`` is set (that is how CI checks them).
+* ``"cuda"``   -- the CUDA C++ extension (``fastncsn._C``, wrapped by
+  ``fastncsn.cuda_ops``); CUDA tensors only, built by ``pip install .`` on a
+  machine with CUDA.
+* ``"auto"``   -- the fastest backend available for the tensor's device
+  (``AUTO_PREFERENCE``); on the CPU that is ``"torch"``.  If a preferred
+  backend is missing for a CUDA tensor, ``auto`` falls back and warns once.
+
+Explicitly requesting an unavailable backend raises ``BackendUnavailableError``
+with the reason (never a silent fallback).
+
+Every backend module exposes the same function names as this module
+(``cond_instance_norm_plus`` ...), plus ``available(device) -> (bool, reason)``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+from . import reference
+
+__all__ = [
+    "BACKENDS",
+    "AUTO_PREFERENCE",
+    "BackendUnavailableError",
+    "available_backends",
+    "resolve_backend",
+    "cond_instance_norm_plus",
+]
+
+BACKENDS = ("auto", "triton", "cuda", "torch")
+
+#: order in which ``auto`` tries backends for CUDA tensors, per op.  Keep in
+#: sync with the measured figures in ``benchmarks/results`` (the CUDA-extension
+#: issue records which is faster per op).
+AUTO_PREFERENCE = {
+    "cond_instance_norm_plus": ("triton", "cuda", "torch"),
+    "langevin_step_": ("triton", "cuda", "torch"),
+}
+
+_BACKEND_MODULES = {"triton": "fastncsn.kernels", "cuda": "fastncsn.cuda_ops"}
+_module_cache: dict = {}
+_warned: set = set()
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run here."""
+
+
+def _backend_module(name: str):
+    """Import a backend module lazily; return (module or None, reason)."""
+    if name not in _module_cache:
+        try:
+            _module_cache[name] = (importlib.import_module(_BACKEND_MODULES[name]), "")
+        except Exception as exc:  # ImportError, or triton failing to initialise
+            _module_cache[name] = (None, f"{_BACKEND_MODULES[name]} could not be imported: {exc}")
+    return _module_cache[name]
+
+
+def _backend_ok(name: str, device: torch.device) -> tuple[bool, str]:
+    if name == "torch":
+        return True, ""
+    mod, reason = _backend_module(name)
+    if mod is None:
+        return False, reason
+    return mod.available(device)
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device`` in this process (``"torch"`` always)."""
+    device = torch.device(device)
+    return [b for b in ("triton", "cuda", "torch") if _backend_ok(b, device)[0]]
+
+
+def resolve_backend(backend: str, device: torch.device | str, op: str = "cond_instance_norm_plus") -> str:
+    """Map ``backend`` (possibly ``"auto"``) to a concrete backend for ``device``.
+
+    Raises ``ValueError`` for an unknown name and ``BackendUnavailableError``
+    when an explicitly requested backend cannot run on ``device``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if backend != "auto":
+        ok, reason = _backend_ok(backend, device)
+        if not ok:
+            raise BackendUnavailableError(f"backend={backend!r} is unavailable for {device} tensors: {reason}")
+        return backend
+    if device.type != "cuda":
+        return "torch"
+    for cand in AUTO_PREFERENCE.get(op, ("triton", "cuda", "torch")):
+        ok, reason = _backend_ok(cand, device)
+        if ok:
+            return cand
+        key = (op, cand)
+        if key not in _warned and os.environ.get("FASTNCSN_QUIET_FALLBACK") != "1":
+            _warned.add(key)
+            warnings.warn(f"fastncsn: backend 'auto' skips {cand!r} for {op} ({reason}); "
+                          f"falling back to the next backend", RuntimeWarning, stacklevel=3)
+    return "torch"
+
+
+def cond_instance_norm_plus(x: torch.Tensor, level_index: torch.Tensor, weight: torch.Tensor,
+                            eps: float = reference.CIN_EPS, activation: Optional[str] = None,
+                            backend: str = "auto") -> torch.Tensor:
+    """Conditional instance norm++ with an optional fused activation.
+
+    Shapes: ``x`` ``[N, C, H, W]`` (NCHW or channels-last), ``level_index``
+    ``[N]`` int64, ``weight`` ``[L, 3C]`` (gamma | alpha | beta) or ``[L, 2C]``.
+    Formula: see ``fastncsn.reference.cond_instance_norm_plus_ref`` (NCSN
+    appendix A, as the reference code computes it).  Differentiable with
+    respect to ``x`` and ``weight`` on every backend.
+    """
+    b = resolve_backend(backend, x.device, "cond_instance_norm_plus")
+    if b == "torch":
+        return reference.cond_instance_norm_plus_ref(x, level_index, weight, eps, activation)
+    mod, _ = _backend_module(b)
+    return mod.cond_instance_norm_plus(x, level_index, weight, eps, activation)

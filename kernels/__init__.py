@@ -1,0 +1,1 @@
+"""Triton kernels of fastncsn (installed as ``fastncsn.kernels``)."""
