@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 
 from . import reference
+from .reference import langevin_noise_counters
 
 __all__ = [
     "BACKENDS",
@@ -37,6 +38,8 @@ __all__ = [
     "available_backends",
     "resolve_backend",
     "cond_instance_norm_plus",
+    "langevin_step_",
+    "langevin_noise_counters",
 ]
 
 BACKENDS = ("auto", "triton", "cuda", "torch")
@@ -127,3 +130,61 @@ def cond_instance_norm_plus(x: torch.Tensor, level_index: torch.Tensor, weight: 
         return reference.cond_instance_norm_plus_ref(x, level_index, weight, eps, activation)
     mod, _ = _backend_module(b)
     return mod.cond_instance_norm_plus(x, level_index, weight, eps, activation)
+
+
+def langevin_step_(x: torch.Tensor, score: torch.Tensor, step_size, seed=None, offset=None, *,
+                   noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                   mask: Optional[torch.Tensor] = None, known: Optional[torch.Tensor] = None,
+                   clamp: Optional[tuple] = None, backend: str = "auto") -> torch.Tensor:
+    """One Langevin update in place (NCSN eq. 4, Algorithm 1 line 6); returns ``x``.
+
+    ``x <- x + a/2 * score + sqrt(a) * z`` with ``a = step_size``, then
+    ``x <- known`` where ``mask`` is nonzero (inpainting) and ``x <- clamp(x, lo, hi)``.
+
+    Shapes: ``x`` ``[N, ...]`` (contiguous or channels-last; fp32 in the
+    samplers), ``score`` like ``x`` (fp32/bf16/fp16), ``step_size`` a 0-d
+    tensor, a ``[N]`` tensor (one step size per sample) or a float; ``mask`` and
+    ``known`` the shape of ``x`` or of one sample.
+
+    The noise ``z`` comes from exactly one source:
+
+    * ``seed=``, ``offset=`` (int64 one-element tensors on ``x``'s device, or
+      ints): counter-based Philox noise, the same on every backend (up to
+      float32 rounding of log/cos/sin): the element at storage position ``e``
+      of ``x`` gets component ``e % 4`` of Philox4x32-10(key ``seed``, counter
+      ``offset + e // 4``) through Box-Muller
+      (``fastncsn.reference.langevin_noise_ref``).  The Triton backend draws it
+      inside the kernel and reads seed, offset and step size on the device, so
+      a captured CUDA graph draws fresh noise on every replay if the caller
+      advances the offset tensor on the device by
+      ``langevin_noise_counters(x.numel())`` after each step (steps that share
+      an offset share their noise).
+    * ``noise=``: an explicit standard-normal tensor shaped like ``x``.
+    * ``generator=``: a ``torch.Generator`` on ``x``'s device; ``z`` is drawn
+      with ``torch.randn`` (not graph safe, different stream from Philox).
+
+    ``backend``: "auto" | "triton" | "cuda" | "torch" (see ``resolve_backend``).
+    """
+    given = [name for name, v in (("noise", noise), ("generator", generator)) if v is not None]
+    if seed is not None or offset is not None:
+        if seed is None or offset is None:
+            raise ValueError("seed, offset: pass both (or use noise= / generator=)")
+        given.append("seed/offset")
+    if len(given) != 1:
+        raise ValueError(f"noise source: expected exactly one of seed= and offset=, noise= or generator=, "
+                         f"got {given or 'none'}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError("x: expected a floating-point tensor [N, ...]")
+    if isinstance(step_size, (int, float)) and not step_size > 0:
+        raise ValueError(f"step_size: expected a positive step size, got {step_size}")
+    if generator is not None:
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
+    b = resolve_backend(backend, x.device, "langevin_step_")
+    if b == "torch":
+        z = noise if noise is not None else reference.langevin_noise_ref(seed, offset, x)
+        x.copy_(reference.langevin_step_ref(x, score, step_size, z, mask=mask, known=known, clamp=clamp))
+        return x
+    mod, _ = _backend_module(b)
+    extra = {} if noise is None else {"noise": noise}
+    mod.langevin_step_(x, score, step_size, seed, offset, mask=mask, known=known, clamp=clamp, **extra)
+    return x

@@ -13,6 +13,9 @@ Functions
 ``langevin_step_ref``
     One Langevin update ``x + a/2 * s + sqrt(a) * z`` (NCSN eq. 4 /
     Algorithm 1) with optional inpainting blend and clamp.
+``langevin_noise_ref``
+    The counter-based (Philox) Gaussian noise the fused Langevin kernels draw
+    from a seed and an offset, so every backend can add the same ``z``.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ __all__ = [
     "CIN_EPS",
     "cond_instance_norm_plus_ref",
     "langevin_step_ref",
+    "langevin_noise_ref",
+    "langevin_noise_counters",
     "ACTIVATIONS",
 ]
 
@@ -147,4 +152,86 @@ def langevin_step_ref(x: torch.Tensor, score: torch.Tensor, step_size: torch.Ten
         out = torch.where(mask.bool(), known.to(x.dtype), out)
     if clamp is not None:
         out = out.clamp(clamp[0], clamp[1])
+    return out
+
+
+# ----------------------------------------------------------------------------- Philox noise
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul_hi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32-bit words of ``a * b`` (``a`` a 32-bit constant, ``b`` int64 holding uint32)."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    b_hi, b_lo = b >> 16, b & 0xFFFF
+    low = ((a_hi * b_lo + a_lo * b_hi) << 16) + a_lo * b_lo      # < 2**50: no int64 overflow
+    return (a_hi * b_hi + (low >> 32)) & _M32, low & _M32
+
+
+def _philox4x32(seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, rounds: int = 10):
+    """Philox4x32 (Salmon et al. 2011) with key = the 64-bit ``seed``, counter ``(c0, c1, 0, 0)``,
+    as ``triton.language.randint4x`` computes it."""
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    for _ in range(rounds):
+        hi_b, lo_b = _mul_hi_lo(0xCD9E8D57, c2)
+        hi_a, lo_a = _mul_hi_lo(0xD2511F53, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + 0x9E3779B9) & _M32
+        k1 = (k1 + 0xBB67AE85) & _M32
+    return c0, c1, c2, c3
+
+
+def _uint32_to_uniform(v: torch.Tensor) -> torch.Tensor:
+    """uint32 (held in int64) -> float32 in [0, 1), Triton's ``uint_to_uniform_float``."""
+    v = torch.where(v >= 2 ** 31, v - 2 ** 32, v)               # reinterpret as int32
+    v = torch.where(v < 0, -v - 1, v)
+    return v.to(torch.float32) * 4.6566127342e-10
+
+
+def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r = torch.sqrt(-2.0 * torch.log(torch.clamp(u1, min=1.0e-7)))
+    theta = u2 * 6.283185307179586
+    return r * torch.cos(theta), r * torch.sin(theta)
+
+
+def langevin_noise_counters(numel: int) -> int:
+    """Philox counters one Langevin step of ``numel`` elements consumes: ``ceil(numel / 4)``.
+
+    Advance the offset by this much per step to get fresh, non-overlapping noise."""
+    return (int(numel) + 3) // 4
+
+
+def langevin_noise_ref(seed: torch.Tensor | int, offset: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """The standard normal noise ``z`` of the fused Langevin step, in pure PyTorch.
+
+    The element at storage position ``e`` of ``like`` (its row-major index when
+    ``like`` is contiguous) gets component ``e % 4`` of the four normals that
+    Triton's ``randn4x(seed, offset + e // 4)`` returns: Philox4x32-10 keyed by
+    the 64-bit ``seed`` with counter ``offset + e // 4``, then Box-Muller on the
+    two pairs of uniforms.  The uniforms are bitwise those of the kernel; the
+    normals agree to float32 rounding of ``log``/``cos``/``sin``.
+
+    Args:
+        seed: int64 0-d/1-element tensor (on ``like``'s device: no host sync) or int.
+        offset: int64 0-d/1-element tensor or int: the first Philox counter.
+        like: a contiguous or channels-last tensor; gives shape, layout and device.
+
+    Returns:
+        float32 tensor with ``like``'s shape and strides.
+    """
+    dense = like.is_contiguous() or (like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last))
+    out = torch.empty_like(like if dense else like.contiguous(), dtype=torch.float32)
+    numel = out.numel()
+    dev = out.device
+    seed_t = torch.as_tensor(seed, dtype=torch.int64, device=dev).reshape(())
+    counters = torch.as_tensor(offset, dtype=torch.int64, device=dev).reshape(()) + \
+        torch.arange(langevin_noise_counters(numel), dtype=torch.int64, device=dev)
+    words = _philox4x32(seed_t, counters & _M32, (counters >> 32) & _M32)
+    u = [_uint32_to_uniform(w) for w in words]
+    z0, z1 = _box_muller(u[0], u[1])
+    z2, z3 = _box_muller(u[2], u[3])
+    z = torch.stack([z0, z1, z2, z3], dim=1).reshape(-1)[:numel]
+    out.as_strided((numel,), (1,)).copy_(z)
     return out
