@@ -1,0 +1,11 @@
+"""Layers of the NCSN score networks (RefineNet blocks and instance norms++).
+
+Module and attribute names mirror the reference implementations so that their
+checkpoints load without renaming (``fastncsn.checkpoint`` handles the rest).
+"""
+from .norms import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus
+from .blocks import (CRPBlock, ConvMeanPool, MSFBlock, RCUBlock, RefineBlock, ResidualBlock,
+                     set_backend)
+
+__all__ = ["ConditionalInstanceNorm2dPlus", "InstanceNorm2dPlus", "ResidualBlock", "RCUBlock",
+           "CRPBlock", "MSFBlock", "RefineBlock", "ConvMeanPool", "set_backend"]

@@ -1,0 +1,188 @@
+"""RefineNet building blocks of the NCSN score networks.
+
+One implementation serves both networks: NCSN v1 (``CondRefineNetDilated``,
+conditional norms inside every block) and NCSNv2 (norms only in the residual
+blocks).  A block gets a ``norm`` factory (``norm(num_features) -> module`` whose
+``forward(x, y, activation=None)`` applies instance norm++), or ``None`` for no
+norm.  Wherever the reference applies ``ELU(norm(x))`` the activation is passed
+to the norm so a fused backend can do both in one pass.
+
+Attribute names (``conv1``, ``normalize2``, ``1_1_norm``, ``adapt_convs`` ...)
+follow the reference implementations, so their state dicts load as they are.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormFactory = Optional[Callable[[int], nn.Module]]
+
+
+def set_backend(module: nn.Module, backend: str) -> None:
+    """Set the fused-op ``backend`` ("auto" | "triton" | "cuda" | "torch") of every norm in ``module``."""
+    from ..ops import BACKENDS
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    for m in module.modules():
+        if hasattr(m, "backend") and not isinstance(getattr(m, "backend"), nn.Module):
+            m.backend = backend
+
+
+def _conv3x3(cin: int, cout: int, bias: bool, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=1, padding=dilation, dilation=dilation, bias=bias)
+
+
+def _norm_act(norm: Optional[nn.Module], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ELU(norm(x)) fused into the norm when there is one, else ELU(x)."""
+    if norm is None:
+        return F.elu(x)
+    return norm(x, y, activation="elu")
+
+
+class ConvMeanPool(nn.Module):
+    """Convolution followed by 2x2 mean pooling (the reference's ``ConvMeanPool``).
+
+    ``adjust_padding`` zero-pads one row/column on the top/left first (the
+    reference's 28x28 option); the conv then lives at ``conv.1``.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 3, bias: bool = True,
+                 adjust_padding: bool = False):
+        super().__init__()
+        conv = nn.Conv2d(cin, cout, kernel_size, stride=1, padding=kernel_size // 2, bias=bias)
+        self.conv = nn.Sequential(nn.ZeroPad2d((1, 0, 1, 0)), conv) if adjust_padding else conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return (out[:, :, ::2, ::2] + out[:, :, 1::2, ::2] + out[:, :, ::2, 1::2] + out[:, :, 1::2, 1::2]) / 4.0
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block: norm -> ELU -> conv -> norm -> ELU -> conv, plus shortcut.
+
+    ``resample="down"`` halves the resolution with :class:`ConvMeanPool` unless
+    ``dilation`` is set, in which case (as in the reference) the block keeps the
+    resolution and uses dilated convolutions.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, norm: Callable[[int], nn.Module],
+                 resample: Optional[str] = None, dilation: Optional[int] = None,
+                 adjust_padding: bool = False):
+        super().__init__()
+        if resample not in (None, "down"):
+            raise ValueError(f"resample: expected None or 'down', got {resample!r}")
+        self.input_dim, self.output_dim, self.resample = input_dim, output_dim, resample
+        d = dilation or 1
+        if resample == "down":
+            self.conv1 = _conv3x3(input_dim, input_dim, bias=True, dilation=d)
+            self.normalize2 = norm(input_dim)
+            if dilation is not None:
+                self.conv2 = _conv3x3(input_dim, output_dim, bias=True, dilation=d)
+                self.shortcut = _conv3x3(input_dim, output_dim, bias=True, dilation=d)
+            else:
+                self.conv2 = ConvMeanPool(input_dim, output_dim, 3, adjust_padding=adjust_padding)
+                self.shortcut = ConvMeanPool(input_dim, output_dim, 1, adjust_padding=adjust_padding)
+        else:
+            self.conv1 = _conv3x3(input_dim, output_dim, bias=True, dilation=d)
+            self.normalize2 = norm(output_dim)
+            self.conv2 = _conv3x3(output_dim, output_dim, bias=True, dilation=d)
+            if output_dim != input_dim:
+                self.shortcut = (_conv3x3(input_dim, output_dim, bias=True, dilation=d) if dilation
+                                 else nn.Conv2d(input_dim, output_dim, 1, bias=True))
+        self.normalize1 = norm(input_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(_norm_act(self.normalize1, x, y))
+        h = self.conv2(_norm_act(self.normalize2, h, y))
+        shortcut = self.shortcut(x) if hasattr(self, "shortcut") else x
+        return shortcut + h
+
+
+class RCUBlock(nn.Module):
+    """Residual conv units: ``n_blocks`` x (``n_stages`` x [norm] -> ELU -> conv) + skip."""
+
+    def __init__(self, features: int, n_blocks: int, n_stages: int, norm: NormFactory = None):
+        super().__init__()
+        self.n_blocks, self.n_stages = n_blocks, n_stages
+        for i in range(1, n_blocks + 1):
+            for j in range(1, n_stages + 1):
+                if norm is not None:
+                    setattr(self, f"{i}_{j}_norm", norm(features))
+                setattr(self, f"{i}_{j}_conv", _conv3x3(features, features, bias=False))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.n_blocks + 1):
+            residual = x
+            for j in range(1, self.n_stages + 1):
+                x = _norm_act(getattr(self, f"{i}_{j}_norm", None), x, y)
+                x = getattr(self, f"{i}_{j}_conv")(x)
+            x = x + residual
+        return x
+
+
+class CRPBlock(nn.Module):
+    """Chained residual pooling: ELU, then ``n_stages`` x ([norm] -> 5x5 pool -> conv) summed."""
+
+    def __init__(self, features: int, n_stages: int, norm: NormFactory = None, pool: str = "avg"):
+        super().__init__()
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool: expected 'avg' or 'max', got {pool!r}")
+        self.convs = nn.ModuleList(_conv3x3(features, features, bias=False) for _ in range(n_stages))
+        if norm is not None:
+            self.norms = nn.ModuleList(norm(features) for _ in range(n_stages))
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = F.elu(x)
+        path = x
+        for i, conv in enumerate(self.convs):
+            if hasattr(self, "norms"):
+                path = self.norms[i](path, y)
+            if self.pool == "avg":
+                path = F.avg_pool2d(path, 5, stride=1, padding=2)  # count_include_pad=True, as nn.AvgPool2d
+            else:
+                path = F.max_pool2d(path, 5, stride=1, padding=2)
+            path = conv(path)
+            x = path + x
+        return x
+
+
+class MSFBlock(nn.Module):
+    """Multi-resolution fusion: [norm] -> conv of each input, bilinear upsampling, sum."""
+
+    def __init__(self, in_planes: Sequence[int], features: int, norm: NormFactory = None):
+        super().__init__()
+        self.features = features
+        self.convs = nn.ModuleList(_conv3x3(c, features, bias=True) for c in in_planes)
+        if norm is not None:
+            self.norms = nn.ModuleList(norm(c) for c in in_planes)
+
+    def forward(self, xs: Sequence[torch.Tensor], y: torch.Tensor, shape) -> torch.Tensor:
+        out = None
+        for i, conv in enumerate(self.convs):
+            h = self.norms[i](xs[i], y) if hasattr(self, "norms") else xs[i]
+            h = F.interpolate(conv(h), size=tuple(shape), mode="bilinear", align_corners=True)
+            out = h if out is None else out + h
+        return out
+
+
+class RefineBlock(nn.Module):
+    """RefineNet block: RCU adaptation of each input, fusion, chained pooling, output RCU."""
+
+    def __init__(self, in_planes: Sequence[int], features: int, norm: NormFactory = None,
+                 start: bool = False, end: bool = False, pool: str = "avg"):
+        super().__init__()
+        self.n_blocks = len(in_planes)
+        self.adapt_convs = nn.ModuleList(RCUBlock(c, 2, 2, norm) for c in in_planes)
+        self.output_convs = RCUBlock(features, 3 if end else 1, 2, norm)
+        if not start:
+            self.msf = MSFBlock(in_planes, features, norm)
+        self.crp = CRPBlock(features, 2, norm, pool)
+
+    def forward(self, xs: Sequence[torch.Tensor], y: torch.Tensor, output_shape) -> torch.Tensor:
+        hs = [adapt(x, y) for adapt, x in zip(self.adapt_convs, xs)]
+        h = self.msf(hs, y, output_shape) if self.n_blocks > 1 else hs[0]
+        return self.output_convs(self.crp(h, y), y)
