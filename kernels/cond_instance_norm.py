@@ -26,8 +26,8 @@ therefore has two phases on a ``[BLOCK_C, BLOCK_P]`` tile grid of one sample:
 
 Plans (``_cin_plan``):
 
-* ``ONE_TILE`` -- the whole sample fits one tile (``C*H*W`` up to ``TILE``
-  elements, e.g. every 7x7, 8x8 and most 14x14 layers of the NCSN networks):
+* ``ONE_TILE`` -- the whole sample fits one tile (padded ``C*H*W`` up to
+  ``ONE_TILE_MAX`` elements: the 128x7x7 MNIST and 256x8x8 CIFAR-10 layers):
   x is read once and written once, the minimum traffic.
 * fused (grid ``[N]``, both phases in one program with a CTA barrier between
   them): x is read twice and written once, but the second read of a sample
@@ -68,7 +68,14 @@ import triton.language as tl
 #: most elements in one [BLOCK_C, BLOCK_P] tile on a GPU (registers: 8 warps
 #: hold 32 fp32 values per thread at this size)
 TILE = 8192
-#: the same under TRITON_INTERPRET=1: each program instance costs milliseconds
+#: most elements of a sample that one program keeps in registers (ONE_TILE plan, 16 warps):
+#: the sample is then read once, e.g. the 256x8x8 CIFAR-10 and 128x7x7 MNIST layers
+ONE_TILE_MAX = 16384
+#: the backward holds two tiles (x and dy) and more per-channel coefficients: half the
+#: sizes keep it near 100-170 registers per thread without spills (ptxas, sm_90)
+TILE_BWD = 4096
+ONE_TILE_MAX_BWD = 8192
+#: the tile caps under TRITON_INTERPRET=1: each program instance costs milliseconds
 #: there, so bigger tiles mean fewer, cheaper launches
 TILE_INTERPRETED = 16384
 
@@ -94,14 +101,16 @@ def _elu(y):
 
 
 @triton.jit
-def _load_affine(w_row, cs, cmask, C, HAS_BETA: tl.constexpr, ACC: tl.constexpr):
-    """gamma, alpha, beta (zeros without a beta block) of channels ``cs`` from one weight row."""
+def _affine_coeffs(w_row, cs, cmask, C, mean, rstd, m, q, HAS_BETA: tl.constexpr, ACC: tl.constexpr):
+    """Per-channel ``scale``, ``bias`` with ``y = (x - mu) * scale + bias`` for channels ``cs``:
+    ``scale = gamma r``, ``bias = gamma alpha t + beta``; also ``gamma``, ``alpha`` and ``t``."""
     gamma = tl.load(w_row + cs, mask=cmask, other=0.0).to(ACC)
     alpha = tl.load(w_row + C + cs, mask=cmask, other=0.0).to(ACC)
-    beta = gamma * 0.0
+    t = tl.where(cmask, (mean - m) * q, 0.0)
+    bias = gamma * alpha * t
     if HAS_BETA:
-        beta = tl.load(w_row + 2 * C + cs, mask=cmask, other=0.0).to(ACC)
-    return gamma, alpha, beta
+        bias += tl.load(w_row + 2 * C + cs, mask=cmask, other=0.0).to(ACC)
+    return gamma * rstd, bias, gamma, alpha, t
 
 
 @triton.jit
@@ -165,8 +174,8 @@ def _cin_fwd_kernel(
         ptrs = offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
         x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
         mean = tl.sum(x, 1) / HW
-        d = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / HW + eps)
+        x = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, 1) / HW + eps)
         tl.store(mu_ptr + offs_c, mean, mask=cmask)
         tl.store(rstd_ptr + offs_c, rstd, mask=cmask)
         m = tl.sum(tl.where(cmask, mean, 0.0), 0) / C
@@ -174,8 +183,8 @@ def _cin_fwd_kernel(
         q = m * 0.0
         if C > 1:
             q = 1.0 / tl.sqrt(tl.sum(dm * dm, 0) / (C - 1) + eps)
-        gamma, alpha, beta = _load_affine(w_row, offs_c, cmask, C, HAS_BETA, ACC)
-        y = gamma[:, None] * (d * rstd[:, None] + (alpha * dm * q)[:, None]) + beta[:, None]
+        scale, bias, _, _, _ = _affine_coeffs(w_row, offs_c, cmask, C, mean, rstd, m, q, HAS_BETA, ACC)
+        y = x * scale[:, None] + bias[:, None]
         if ELU:
             y = _elu(y)
         tl.store(out_ptr + ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
@@ -195,12 +204,12 @@ def _cin_fwd_kernel(
                                 mask=mask, other=0.0).to(ACC)
                     cnt_b = tl.minimum(HW - p0, BLOCK_P).to(ACC)
                     mean_b = tl.sum(x, 1) / cnt_b
-                    d = tl.where(mask, x - mean_b[:, None], 0.0)
+                    x = tl.where(mask, x - mean_b[:, None], 0.0)
                     # Chan et al.: merge (p0 pixels, mean, m2) with (cnt_b pixels, mean_b, sum d^2)
                     delta = mean_b - mean
                     cnt = p0 + cnt_b
                     mean += delta * (cnt_b / cnt)
-                    m2 += tl.sum(d * d, 1) + delta * delta * (p0 * cnt_b / cnt)
+                    m2 += tl.sum(x * x, 1) + delta * delta * (p0 * cnt_b / cnt)
                 tl.store(mu_ptr + cs, mean, mask=cmask)
                 tl.store(rstd_ptr + cs, 1.0 / tl.sqrt(m2 / HW + eps), mask=cmask)
         if STATS and APPLY:
@@ -213,28 +222,27 @@ def _cin_fwd_kernel(
                 cmask = cs < c_hi
                 mean = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
                 rstd = tl.load(rstd_ptr + cs, mask=cmask, other=0.0)
-                gamma, alpha, beta = _load_affine(w_row, cs, cmask, C, HAS_BETA, ACC)
-                shift = alpha * (mean - m) * q
+                scale, bias, _, _, _ = _affine_coeffs(w_row, cs, cmask, C, mean, rstd, m, q, HAS_BETA, ACC)
                 for p0 in range(0, HW, BLOCK_P):
                     ps = p0 + offs_p
                     mask = cmask[:, None] & (ps < HW)[None, :]
                     ptrs = cs[:, None] * stride_c + ps[None, :] * stride_p
                     x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
-                    y = gamma[:, None] * ((x - mean[:, None]) * rstd[:, None] + shift[:, None]) + beta[:, None]
+                    y = (x - mean[:, None]) * scale[:, None] + bias[:, None]
                     if ELU:
                         y = _elu(y)
                     tl.store(out_ptr + ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _bwd_tile_grad(x, dy, mean, rstd, gamma, shift, beta, ELU: tl.constexpr):
-    """h = normalised x and g = dL/dy (the output gradient through the ELU) of one tile."""
-    h = (x - mean[:, None]) * rstd[:, None]
+def _output_grad(xc, dy, scale, bias, ELU: tl.constexpr):
+    """g = dL/dy on a tile: the output gradient through the ELU, with y = xc*scale + bias recomputed
+    from the centred input ``xc = x - mu``."""
     g = dy
     if ELU:
-        y = gamma[:, None] * (h + shift[:, None]) + beta[:, None]
+        y = xc * scale[:, None] + bias[:, None]
         g = tl.where(y > 0, dy, dy * tl.exp(tl.minimum(y, 0.0)))
-    return h, g
+    return g
 
 
 @triton.jit
@@ -244,13 +252,6 @@ def _store_weight_grads(dw_row, cs, cmask, C, s, p, gamma, alpha, t, HAS_BETA: t
     tl.store(dw_row + C + cs, gamma * t * s, mask=cmask)
     if HAS_BETA:
         tl.store(dw_row + 2 * C + cs, s, mask=cmask)
-
-
-@triton.jit
-def _dx_tile(g, h, rstd, gamma, s, p, dmu, inv_hw):
-    """dx = r gamma (g - S/M - h P/M) + dmu/M on one tile."""
-    return (rstd * gamma)[:, None] * (g - (s * inv_hw)[:, None] - h * (p * inv_hw)[:, None]) \
-        + (dmu * inv_hw)[:, None]
 
 
 @triton.jit
@@ -269,6 +270,12 @@ def _mean_term_grad_sums(w_row, mu_row, s_row, C, m, q, BLOCK: tl.constexpr, ACC
         acc_dt += dt
         acc_dtt += tl.where(cmask, dt * t, 0.0)
     return tl.sum(acc_dt, 0), tl.sum(acc_dtt, 0)
+
+
+@triton.jit
+def _dx_coeffs(scale, rstd, s, p, dmu, inv_hw):
+    """(c1, c0) with dx = g*scale + (x - mu)*c1 + c0, i.e. r gamma (g - S/M - h P/M) + dmu/M."""
+    return -scale * rstd * p * inv_hw, (dmu - scale * s) * inv_hw
 
 
 @triton.jit
@@ -316,7 +323,7 @@ def _cin_bwd_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     offs_p = tl.arange(0, BLOCK_P)
     m, q = _channel_mean_stats(mu_ptr, C, eps, BLOCK_M, ACC)
-    inv_hw = 1.0 / HW
+    inv_hw = tl.full([], 1.0, ACC) / HW
 
     if ONE_TILE:
         cmask = offs_c < C
@@ -324,19 +331,18 @@ def _cin_bwd_kernel(
         ptrs = offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
         mean = tl.load(mu_ptr + offs_c, mask=cmask, other=0.0)
         rstd = tl.load(rstd_ptr + offs_c, mask=cmask, other=0.0)
-        gamma, alpha, beta = _load_affine(w_row, offs_c, cmask, C, HAS_BETA, ACC)
-        t = tl.where(cmask, (mean - m) * q, 0.0)
-        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
-        dy = tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(ACC)
-        h, g = _bwd_tile_grad(x, dy, mean, rstd, gamma, alpha * t, beta, ELU)
+        scale, bias, gamma, alpha, t = _affine_coeffs(w_row, offs_c, cmask, C, mean, rstd, m, q, HAS_BETA, ACC)
+        xc = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC) - mean[:, None]
+        g = _output_grad(xc, tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(ACC), scale, bias, ELU)
         s = tl.sum(g, 1)
-        p = tl.sum(g * h, 1)
+        p = tl.sum(g * xc, 1) * rstd
         _store_weight_grads(dw_ptr, offs_c, cmask, C, s, p, gamma, alpha, t, HAS_BETA)
         dt = gamma * alpha * s
         dmu = dt * 0.0
         if C > 1:
             dmu = q * (dt - tl.sum(dt, 0) / C - t * (tl.sum(dt * t, 0) / (C - 1)))
-        dx = _dx_tile(g, h, rstd, gamma, s, p, dmu, inv_hw)
+        c1, c0 = _dx_coeffs(scale, rstd, s, p, dmu, inv_hw)
+        dx = g * scale[:, None] + xc * c1[:, None] + c0[:, None]
         tl.store(dx_ptr + ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
     else:
         c_lo = grp * chans_per_prog
@@ -347,19 +353,18 @@ def _cin_bwd_kernel(
                 cmask = cs < c_hi
                 mean = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
                 rstd = tl.load(rstd_ptr + cs, mask=cmask, other=0.0)
-                gamma, alpha, beta = _load_affine(w_row, cs, cmask, C, HAS_BETA, ACC)
-                t = (mean - m) * q
+                scale, bias, gamma, alpha, t = _affine_coeffs(w_row, cs, cmask, C, mean, rstd, m, q, HAS_BETA, ACC)
                 s = tl.zeros([BLOCK_C], ACC)
                 p = tl.zeros([BLOCK_C], ACC)
                 for p0 in range(0, HW, BLOCK_P):
                     ps = p0 + offs_p
                     mask = cmask[:, None] & (ps < HW)[None, :]
                     ptrs = cs[:, None] * stride_c + ps[None, :] * stride_p
-                    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
-                    dy = tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(ACC)
-                    h, g = _bwd_tile_grad(x, dy, mean, rstd, gamma, alpha * t, beta, ELU)
+                    xc = tl.where(mask, tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC) - mean[:, None], 0.0)
+                    g = _output_grad(xc, tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(ACC), scale, bias, ELU)
                     s += tl.sum(g, 1)
-                    p += tl.sum(g * h, 1)
+                    p += tl.sum(g * xc, 1)
+                p = p * rstd
                 tl.store(s_ptr + cs, s, mask=cmask)
                 tl.store(p_ptr + cs, p, mask=cmask)
                 _store_weight_grads(dw_ptr, cs, cmask, C, s, p, gamma, alpha, t, HAS_BETA)
@@ -373,21 +378,19 @@ def _cin_bwd_kernel(
                 cmask = cs < c_hi
                 mean = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
                 rstd = tl.load(rstd_ptr + cs, mask=cmask, other=0.0)
-                gamma, alpha, beta = _load_affine(w_row, cs, cmask, C, HAS_BETA, ACC)
+                scale, bias, gamma, alpha, t = _affine_coeffs(w_row, cs, cmask, C, mean, rstd, m, q, HAS_BETA, ACC)
                 s = tl.load(s_ptr + cs, mask=cmask, other=0.0)
-                p = tl.load(p_ptr + cs, mask=cmask, other=0.0)
-                t = (mean - m) * q
                 dmu = s * 0.0
                 if C > 1:
                     dmu = q * (gamma * alpha * s - sum_dt / C - t * (sum_dtt / (C - 1)))
+                c1, c0 = _dx_coeffs(scale, rstd, s, tl.load(p_ptr + cs, mask=cmask, other=0.0), dmu, inv_hw)
                 for p0 in range(0, HW, BLOCK_P):
                     ps = p0 + offs_p
                     mask = cmask[:, None] & (ps < HW)[None, :]
                     ptrs = cs[:, None] * stride_c + ps[None, :] * stride_p
-                    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
-                    dy = tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(ACC)
-                    h, g = _bwd_tile_grad(x, dy, mean, rstd, gamma, alpha * t, beta, ELU)
-                    dx = _dx_tile(g, h, rstd, gamma, s, p, dmu, inv_hw)
+                    xc = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC) - mean[:, None]
+                    g = _output_grad(xc, tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(ACC), scale, bias, ELU)
+                    dx = g * scale[:, None] + xc * c1[:, None] + c0[:, None]
                     tl.store(dx_ptr + ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -471,34 +474,52 @@ class CinPlan:
     num_warps: int
 
 
-def cin_plan(x: torch.Tensor, split: Optional[bool] = None, tile: Optional[int] = None) -> CinPlan:
+def cin_plan(x: torch.Tensor, split: Optional[bool] = None, tile: Optional[int] = None,
+             backward: bool = False) -> CinPlan:
     """Choose the tiling of ``x`` ``[N, C, H, W]`` (dense).
 
     ``split`` forces (True) or forbids (False) the two-launch split plan;
     ``None`` splits only when the batch has fewer samples than the GPU has
     SMs.  ``tile`` caps the elements of one tile (tests make it tiny to
-    exercise the chunk loops).  Channels-last tiles are wide in C, NCHW tiles
+    exercise the chunk loops); by default a sample of up to ``ONE_TILE_MAX``
+    (padded) elements is one tile, larger ones are cut into ``TILE``-sized
+    tiles (``ONE_TILE_MAX_BWD``, ``TILE_BWD`` for the ``backward``).  The sizes
+    were chosen from ptxas register counts (sm_90), not yet from timings.  Channels-last tiles are wide in C, NCHW tiles
     wide in pixels, so that the fastest-moving tile axis is contiguous.
     """
     n, c, h, w = x.shape
     hw = h * w
-    tile = tile or (TILE_INTERPRETED if interpreting() else TILE)
-    if x.stride(1) == 1 and c > 1:                       # channels-last
+    if interpreting():
+        one_tile_max, tile = tile or TILE_INTERPRETED, tile or TILE_INTERPRETED
+    else:
+        one_tile_max = tile or (ONE_TILE_MAX_BWD if backward else ONE_TILE_MAX)
+        tile = tile or (TILE_BWD if backward else TILE)
+    channels_last = x.stride(1) == 1 and c > 1
+    if not split and _pow2(c) * _pow2(hw) <= one_tile_max:
+        block_c, block_p = _pow2(c), _pow2(hw)
+    elif channels_last:
         block_c = min(_pow2(c), 128, tile)
         block_p = min(_pow2(hw), max(1, tile // block_c))
     else:
         block_p = min(_pow2(hw), tile)
         block_c = min(_pow2(c), max(1, tile // block_p))
     one_tile = block_c >= c and block_p >= hw and not split
+    forced = split is not None
     if split is None:
         split = not one_tile and n < _num_sms(x.device)
     groups, chans_per_prog = 1, c
     if split:
-        # enough programs for two per SM, at most one channel block each
-        groups = min(triton.cdiv(c, block_c), max(2, triton.cdiv(2 * _num_sms(x.device), max(n, 1))))
+        # aim at two programs per SM: `want` channel groups per sample
+        want = max(2, triton.cdiv(2 * _num_sms(x.device), max(n, 1)))
+        if channels_last and not forced:       # narrower channel blocks make room for the groups
+            block_c = min(block_c, max(16, _pow2(triton.cdiv(c, want))))
+            block_p = min(_pow2(hw), max(1, tile // block_c))
+        groups = min(triton.cdiv(c, block_c), want)
         chans_per_prog = triton.cdiv(triton.cdiv(c, groups), block_c) * block_c
         groups = triton.cdiv(c, chans_per_prog)
-    num_warps = 4 if block_c * block_p <= 2048 else 8
+        if groups == 1 and not forced:         # nothing to split: one fused launch is cheaper
+            split, chans_per_prog = False, c
+    num_warps = 4 if block_c * block_p <= 2048 else 8 if block_c * block_p <= 8192 else 16
     return CinPlan(block_c, block_p, min(_pow2(c), 1024), chans_per_prog, groups, one_tile, split, num_warps)
 
 
@@ -557,7 +578,7 @@ def level_sum(part: torch.Tensor, level_index: torch.Tensor, num_levels: int) ->
     if num_levels == 0 or k == 0:
         return out
     block_k = min(_pow2(k), 1024 if interpreting() else 256)
-    block_n = min(_pow2(n), 64)
+    block_n = min(_pow2(n), 64 if interpreting() else 16)
     _level_sum_kernel[(triton.cdiv(k, block_k), num_levels)](
         part, level_index.contiguous(), out, n, k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
     return out
@@ -587,7 +608,7 @@ def launch_cin_bwd(grad_out: torch.Tensor, x: torch.Tensor, level_index: torch.T
     k = weight.shape[1]
     sums = torch.empty((2, n, c), dtype=acc, device=x.device)
     part = torch.empty((n, k), dtype=acc, device=x.device)
-    plan = cin_plan(x, split, tile)
+    plan = cin_plan(x, split, tile, backward=True)
     args = (x, grad_out, grad_x, level_index, weight, mu.contiguous(), rstd.contiguous(), sums[0], sums[1], part,
             c, h * w, *_pixel_strides(x), weight.stride(0), k, plan.chans_per_prog, float(eps))
     _launch_two_phase(_cin_bwd_kernel, ("REDUCE", "APPLY"), n, plan, args, has_beta, activation, acc)

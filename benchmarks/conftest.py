@@ -1,0 +1,100 @@
+"""Shared helpers of the GPU benchmarks (pytest-benchmark; not part of the default test run).
+
+* Every benchmark skips cleanly without CUDA; nothing touches CUDA at import.
+* ``copy_gbps`` measures the device copy bandwidth once per session (a large
+  tensor ``.copy_``, read + write bytes per second) so every record can state
+  the fraction of it that a kernel reaches in the same run.
+* ``record`` times one op with pytest-benchmark -- the timed function runs the
+  op ``inner`` times and synchronises, ``inner`` chosen so one call lasts about
+  ``TARGET_CALL_MS`` (a lone sync would dominate microsecond kernels) -- and
+  writes the ``extra_info`` keys: op, backend, shape, dtype, gb_per_s,
+  bandwidth_fraction, reference_ms (plus per_op_ms, inner, device).
+"""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+#: wall time one timed call should take (ms); calls repeat the op ``inner`` times
+TARGET_CALL_MS = 2.0
+#: bytes of each of the two buffers of the copy-bandwidth measurement
+COPY_BYTES = 1 << 30
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="benchmarks need a CUDA GPU")
+    for item in items:
+        item.add_marker(skip)
+
+
+def pytest_configure(config):
+    # the compiled reference recompiles once per shape; keep dynamo from falling back to eager
+    try:
+        import torch._dynamo
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 4096)
+    except (ImportError, AttributeError):
+        pass
+
+
+def cuda_ms(fn, reps: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn()`` by CUDA events (one event pair per call)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@pytest.fixture(scope="session")
+def copy_gbps() -> float:
+    """Device copy bandwidth of this run in GB/s (bytes read + bytes written per second)."""
+    src = torch.empty(COPY_BYTES // 4, dtype=torch.float32, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    ms = cuda_ms(lambda: dst.copy_(src), reps=30, warmup=5)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * COPY_BYTES / (ms * 1e-3) / 1e9
+
+
+@pytest.fixture(scope="session")
+def reference_ms_cache() -> dict:
+    """(op, shape, dtype) -> milliseconds of the eager reference, measured once per session."""
+    return {}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def record(benchmark, fn, *, op: str, backend: str, shape, dtype, bytes_moved: int | None, copy_gbps: float,
+           reference_ms: float | None, rounds: int = 15, **extra) -> float:
+    """Benchmark ``fn`` (one op call) and fill ``benchmark.extra_info``; returns ms per op."""
+    est = cuda_ms(fn, reps=5, warmup=2)
+    inner = max(1, int(TARGET_CALL_MS / max(est, 1e-3)))
+
+    def timed():
+        for _ in range(inner):
+            fn()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=2, iterations=1)
+    per_op_ms = benchmark.stats.stats.median * 1e3 / inner
+    gbps = None if bytes_moved is None else bytes_moved / (per_op_ms * 1e-3) / 1e9
+    benchmark.extra_info.update(
+        op=op, backend=backend, shape=list(shape), dtype=dtype_name(dtype), gb_per_s=gbps,
+        bandwidth_fraction=None if gbps is None else gbps / copy_gbps, copy_gb_per_s=copy_gbps,
+        reference_ms=reference_ms if reference_ms is not None else per_op_ms,
+        per_op_ms=per_op_ms, inner=inner, device=torch.cuda.get_device_name(), **extra)
+    return per_op_ms
