@@ -33,8 +33,9 @@ def __getattr__(name):
 
 def get_model_class(name: str):
     """Return the registered class ``name`` (importing the model modules first)."""
-    from . import refinenet, ncsnv2  # noqa: F401  (registration side effect)
-    from .. import toy  # noqa: F401
+    import importlib
+    for mod in ("fastncsn.models.refinenet", "fastncsn.models.ncsnv2", "fastncsn.toy"):
+        importlib.import_module(mod)  # registration side effect
     if name not in MODEL_REGISTRY:
         raise ValueError(f"model class: expected one of {sorted(MODEL_REGISTRY)}, got {name!r}")
     return MODEL_REGISTRY[name]
