@@ -78,8 +78,17 @@ def _langevin_step_kernel(
     inb = offs < numel
     x = tl.load(x_ptr + offs, mask=inb, other=0.0).to(ACC)
     s = tl.load(score_ptr + offs, mask=inb, other=0.0).to(ACC)
+    if PER_SAMPLE_STEP or MASK_BCAST or KNOWN_BCAST:
+        # sample index without a 64-bit division per element: a block spans at most two
+        # samples when a sample has at least BLOCK elements
+        n0 = (pid.to(tl.int64) * BLOCK) // per_sample
+        if per_sample >= BLOCK:
+            sample = n0 + (offs >= (n0 + 1) * per_sample).to(tl.int64)
+        else:
+            sample = offs // per_sample
+        within = offs - sample * per_sample
     if PER_SAMPLE_STEP:
-        a = tl.load(step_ptr + offs // per_sample, mask=inb, other=0.0).to(ACC)
+        a = tl.load(step_ptr + sample, mask=inb, other=0.0).to(ACC)
     else:
         a = tl.load(step_ptr).to(ACC)
     if HAS_NOISE:
@@ -92,8 +101,8 @@ def _langevin_step_kernel(
         sqrt_a = tl.sqrt(a)
     x = x + (a * 0.5) * s + sqrt_a * z
     if HAS_MASK:
-        moffs = offs % per_sample if MASK_BCAST else offs
-        koffs = offs % per_sample if KNOWN_BCAST else offs
+        moffs = within if MASK_BCAST else offs
+        koffs = within if KNOWN_BCAST else offs
         keep = tl.load(mask_ptr + moffs, mask=inb, other=0) != 0
         x = tl.where(keep, tl.load(known_ptr + koffs, mask=inb, other=0.0).to(ACC), x)
     if CLAMP_LO:

@@ -165,14 +165,15 @@ def _langevin_inputs(shape=(3, 4, 5, 7), channels_last=False, score_dtype=torch.
     return x.to(DEV), score.to(DEV)
 
 
-@pytest.mark.parametrize("channels_last,score_dtype,per_sample,blend", [
-    (False, torch.float32, False, None),
-    (True, torch.bfloat16, True, "sample"),
-    (False, torch.bfloat16, True, "full"),
-    (True, torch.float32, False, "full"),
+@pytest.mark.parametrize("shape,channels_last,score_dtype,per_sample,blend", [
+    ((3, 4, 5, 7), False, torch.float32, False, None),
+    ((3, 4, 5, 7), True, torch.bfloat16, True, "sample"),
+    ((3, 4, 5, 7), False, torch.bfloat16, True, "full"),
+    ((3, 4, 5, 7), True, torch.float32, False, "full"),
+    ((3, 5, 4001), False, torch.float32, True, "sample"),     # samples larger than a kernel block
 ])
-def test_langevin_step_matches_reference(channels_last, score_dtype, per_sample, blend):
-    x, score = _langevin_inputs(channels_last=channels_last, score_dtype=score_dtype)
+def test_langevin_step_matches_reference(shape, channels_last, score_dtype, per_sample, blend):
+    x, score = _langevin_inputs(shape, channels_last=channels_last, score_dtype=score_dtype)
     n = x.shape[0]
     a = torch.linspace(0.05, 0.3, n, device=DEV) if per_sample else torch.tensor(0.2, device=DEV)
     seed = torch.tensor(1234, dtype=torch.int64, device=DEV)
