@@ -207,11 +207,14 @@ def langevin_noise_ref(seed: torch.Tensor | int, offset: torch.Tensor | int, lik
     """The standard normal noise ``z`` of the fused Langevin step, in pure PyTorch.
 
     The element at storage position ``e`` of ``like`` (its row-major index when
-    ``like`` is contiguous) gets component ``e % 4`` of the four normals that
-    Triton's ``randn4x(seed, offset + e // 4)`` returns: Philox4x32-10 keyed by
-    the 64-bit ``seed`` with counter ``offset + e // 4``, then Box-Muller on the
-    two pairs of uniforms.  The uniforms are bitwise those of the kernel; the
-    normals agree to float32 rounding of ``log``/``cos``/``sin``.
+    ``like`` is contiguous) gets component ``e % 4`` of four normals made from
+    the four uniforms of Triton's ``rand4x(seed, offset + e // 4)``
+    (Philox4x32-10 keyed by the 64-bit ``seed`` with counter
+    ``offset + e // 4``) by Box-Muller on the pairs (u0, u1) and (u2, u3):
+    ``(r cos 2 pi u, r sin 2 pi u)``, ``r = sqrt(-2 log max(u', 1e-7))``.  The
+    uniforms are bitwise those of the kernel; the normals agree to about 1e-6
+    (float32 rounding of ``log``/``cos``/``sin``, which the kernel evaluates
+    its own way).
 
     Args:
         seed: int64 0-d/1-element tensor (on ``like``'s device: no host sync) or int.
