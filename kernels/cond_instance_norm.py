@@ -90,13 +90,15 @@ def interpreting() -> bool:
 
 
 @triton.jit
-def _elu(y):
-    """ELU(y): y for y > 0, expm1(y) otherwise (Taylor series near 0 where exp(y) - 1 cancels)."""
-    if y.dtype == tl.float64:
-        neg = tl.exp(y) - 1.0
-    else:
-        taylor = y * (1.0 + y * (0.5 + y * (0.16666666666666666 + y * 0.041666666666666664)))
-        neg = tl.where(y > -0.1, taylor, tl.exp(y) - 1.0)
+def _elu(y, PRECISE: tl.constexpr):
+    """ELU(y): y for y > 0, expm1(y) otherwise.  ``PRECISE`` (fp32 outputs) evaluates expm1 by
+    its Taylor series near 0, where exp(y) - 1 in fp32 cancels; bf16/fp16 outputs cannot see
+    the difference."""
+    neg = tl.exp(y) - 1.0
+    if PRECISE:
+        if y.dtype != tl.float64:
+            taylor = y * (1.0 + y * (0.5 + y * (0.16666666666666666 + y * 0.041666666666666664)))
+            neg = tl.where(y > -0.1, taylor, neg)
     return tl.where(y > 0, y, neg)
 
 
@@ -186,7 +188,7 @@ def _cin_fwd_kernel(
         scale, bias, _, _, _ = _affine_coeffs(w_row, offs_c, cmask, C, mean, rstd, m, q, HAS_BETA, ACC)
         y = x * scale[:, None] + bias[:, None]
         if ELU:
-            y = _elu(y)
+            y = _elu(y, out_ptr.dtype.element_ty == tl.float32)
         tl.store(out_ptr + ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         c_lo = grp * chans_per_prog
@@ -230,7 +232,7 @@ def _cin_fwd_kernel(
                     x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
                     y = (x - mean[:, None]) * scale[:, None] + bias[:, None]
                     if ELU:
-                        y = _elu(y)
+                        y = _elu(y, out_ptr.dtype.element_ty == tl.float32)
                     tl.store(out_ptr + ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
