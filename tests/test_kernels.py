@@ -17,6 +17,7 @@ from fastncsn import kernels, ops
 from fastncsn.reference import (cond_instance_norm_plus_ref, langevin_noise_counters, langevin_noise_ref,
                                 langevin_step_ref)
 
+pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(not kernels.available("cuda" if torch.cuda.is_available() else "cpu")[0],
                                 reason="Triton kernels unavailable here")
 
@@ -341,6 +342,10 @@ def test_ops_dispatch_to_triton_matches_torch():
     got = ops.langevin_step_(xs.clone(), score, 0.1, seed, offset, backend="triton")
     want = ops.langevin_step_(xs.clone(), score, 0.1, seed, offset, backend="torch")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    gen = [torch.Generator(device=DEV).manual_seed(4) for _ in range(2)]
+    got = ops.langevin_step_(xs.clone(), score, 0.1, generator=gen[0], clamp=(-1, 1), backend="triton")
+    want = ops.langevin_step_(xs.clone(), score, 0.1, generator=gen[1], clamp=(-1, 1), backend="torch")
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
 # --------------------------------------------------------------------------- GPU: real shapes
