@@ -1,0 +1,247 @@
+"""Checkpoints: our format, the reference NCSN / NCSNv2 formats, atomic writes.
+
+Our format is a dict (``format: "fastncsn/1"``) with the model class and
+config, the noise ladder, the weights, optionally the EMA weights, optimizer
+state, step, RNG states, sampling defaults and free-form metadata.  It is
+written atomically (temp file in the same directory, fsync, ``os.replace``), so
+an interrupted save never destroys the previous checkpoint.
+
+Reference formats that :func:`load` also reads:
+
+* NCSN v1: ``torch.save([model_state_dict, optimizer_state_dict])`` with
+  DataParallel's ``module.`` prefix.  Needs ``image_size, channels, ngf,
+  num_levels`` as keyword arguments.  Both CIN++ parameter layouts are
+  accepted: one ``...norm.embed.weight`` ``[L, 3C]`` per norm, or the older one
+  with separate ``...norm.gamma``, ``...norm.alpha``, ``...norm.beta`` ``[L, C]``
+  tensors (optionally ``.gamma.weight`` etc.), concatenated here.
+* NCSNv2: ``[model, optimizer, epoch, step, ema_shadow]`` (a ``sigmas`` buffer
+  in the model state); ``ema=True`` loads the EMA shadow when present.
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+import tempfile
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT", "CheckpointError", "save", "load", "load_checkpoint", "atomic_save", "load_bundled",
+           "BUNDLED_PATH", "rng_state", "set_rng_state", "convert_reference_state_dict"]
+
+FORMAT = "fastncsn/1"
+BUNDLED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_ncsn.pt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or not in a format fastncsn reads."""
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save(obj, path)`` atomically: temp file in the same directory, fsync, rename."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def rng_state(data_generator: Optional[torch.Generator] = None) -> dict:
+    """All RNG states a resumed run needs (torch CPU/CUDA, numpy, python, data order)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if data_generator is not None:
+        state["data"] = data_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, data_generator: Optional[torch.Generator] = None) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if data_generator is not None and "data" in state:
+        data_generator.set_state(state["data"])
+
+
+def save(model, path: str, optimizer=None, step: Optional[int] = None, ema=None, extra: Optional[dict] = None,
+         rng: Optional[dict] = None, half: bool = False) -> None:
+    """Write ``model`` (and training state) to ``path`` in our format, atomically.
+
+    Args:
+        model: a fastncsn score model (has ``config`` and ``sigmas``).
+        optimizer: optional; its ``state_dict()`` is stored.
+        step: training step.
+        ema: an EMA state dict (name -> tensor) or an object with ``state_dict()``.
+        extra: free-form metadata (e.g. the command that trained the model).
+        rng: RNG states (:func:`rng_state`).
+        half: store floating weights in float16 (for shipping small files).
+    """
+    if not hasattr(model, "config") or not hasattr(model, "sigmas"):
+        raise TypeError("model: expected a fastncsn score model with `config` and `sigmas`")
+    model = getattr(model, "module", model)  # unwrap DDP
+
+    def pack(sd):
+        sd = {k: v.detach().cpu() for k, v in sd.items()}
+        return {k: (v.half() if half and v.is_floating_point() else v) for k, v in sd.items()}
+
+    ema_sd = ema.state_dict() if hasattr(ema, "state_dict") else ema
+    obj = {
+        "format": FORMAT,
+        "model_class": type(model).__name__,
+        "config": dict(model.config),
+        "sigmas": model.sigmas.detach().cpu().float(),
+        "state_dict": pack(model.state_dict()),
+        "ema_state_dict": pack(ema_sd) if ema_sd is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": step,
+        "rng": rng,
+        "sampling_defaults": dict(getattr(model, "sampling_defaults", None) or {}),
+        "extra": dict(extra or {}),
+    }
+    atomic_save(obj, path)
+
+
+def _torch_load(path: str):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"path: no checkpoint file at {path!r}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, pickle errors, ...
+        raise CheckpointError(f"path: {path!r} is not a readable checkpoint (corrupt or truncated?): "
+                              f"{type(exc).__name__}: {exc}") from None
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read and validate a checkpoint; returns our-format dict, or a dict with ``reference`` set."""
+    path = os.fspath(path)
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        for key in ("model_class", "config", "state_dict"):
+            if key not in obj:
+                raise CheckpointError(f"path: {path!r} lacks {key!r}; the file is damaged")
+        return obj
+    if isinstance(obj, dict) and "format" in obj:
+        raise CheckpointError(f"path: {path!r} has format {obj['format']!r}; this fastncsn reads {FORMAT!r}")
+    if isinstance(obj, (list, tuple)) and obj and isinstance(obj[0], dict):
+        sd = obj[0]
+        kind = "ncsnv2" if any(k.endswith("sigmas") for k in sd) else "ncsn"
+        ema = obj[4] if kind == "ncsnv2" and len(obj) >= 5 and isinstance(obj[4], dict) else None
+        return {"reference": kind, "state_dict": sd, "ema_state_dict": ema,
+                "optimizer": obj[1] if len(obj) > 1 else None,
+                "step": obj[3] if kind == "ncsnv2" and len(obj) > 3 else None}
+    raise CheckpointError(f"path: {path!r} is neither a fastncsn checkpoint nor a reference NCSN/NCSNv2 "
+                          "checkpoint ([model_state_dict, optimizer_state_dict, ...])")
+
+
+def convert_reference_state_dict(sd: dict) -> dict:
+    """Strip ``module.`` and merge the old per-norm ``gamma``/``alpha``/``beta`` layout into ``embed.weight``.
+
+    Leaves NCSNv2's unconditional ``InstanceNorm2dPlus`` parameters (1-D
+    ``alpha``/``gamma``/``beta``) untouched.
+    """
+    out = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    groups: dict = {}
+    for k in list(out):
+        for part in ("gamma", "alpha", "beta"):
+            for suffix in (f".{part}", f".{part}.weight"):
+                if k.endswith(suffix) and out[k].dim() == 2:
+                    groups.setdefault(k[: -len(suffix)], {})[part] = k
+    for prefix, parts in groups.items():
+        if "gamma" not in parts or "alpha" not in parts:
+            raise CheckpointError(f"state dict: norm {prefix!r} has {sorted(parts)} of the old CIN++ layout; "
+                                  "expected gamma, alpha (and beta)")
+        tensors = [out.pop(parts[p]) for p in ("gamma", "alpha", "beta") if p in parts]
+        out[prefix + ".embed.weight"] = torch.cat(tensors, dim=1)
+    return out
+
+
+def _load_state(model, sd: dict, path: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"path: {path!r} does not fit {type(model).__name__}({model.config}): "
+                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items() if sd[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"path: {path!r} shapes differ from {type(model).__name__}({model.config}): "
+                              + ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in bad[:5]))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+
+
+def load(path: str, map_location="cpu", ema: bool = True, **config):
+    """Load a score model from ``path`` (our format, or a reference NCSN / NCSNv2 checkpoint).
+
+    Args:
+        path: checkpoint file.
+        map_location: device of the returned model.
+        ema: use the EMA weights when the checkpoint has them (default).
+        **config: constructor arguments; required for reference checkpoints
+            (``image_size, channels, ngf, num_levels``), overrides for ours
+            (e.g. ``backend="torch"``).
+
+    Returns:
+        the model in eval mode.
+    """
+    from .models import get_model_class
+    path = os.fspath(path)
+    ck = load_checkpoint(path)
+    if "reference" in ck:
+        cls = get_model_class("NCSNv2" if ck["reference"] == "ncsnv2" else "CondRefineNetDilated")
+        need = ("image_size", "channels", "ngf", "num_levels")
+        miss = [k for k in need if k not in config]
+        if miss:
+            raise CheckpointError(f"path: {path!r} is a reference {ck['reference'].upper()} checkpoint without its "
+                                  f"config; pass {', '.join(miss)} (e.g. fastncsn.load(path, image_size=28, "
+                                  "channels=1, ngf=64, num_levels=10))")
+        sd = convert_reference_state_dict(ck["ema_state_dict"] if ema and ck.get("ema_state_dict") else ck["state_dict"])
+        if ck["reference"] == "ncsnv2" and "sigmas" in sd and "sigmas" not in config:
+            config["sigmas"] = sd["sigmas"].float().tolist()
+        model = cls(**config)
+        _load_state(model, sd, path)
+        return model.to(map_location).eval()
+    cfg = dict(ck["config"])
+    cfg.update(config)
+    model = get_model_class(ck["model_class"])(**cfg)
+    sd = ck["ema_state_dict"] if ema and ck.get("ema_state_dict") else ck["state_dict"]
+    _load_state(model, sd, path)
+    if ck.get("sampling_defaults"):
+        model.sampling_defaults = dict(ck["sampling_defaults"])
+    return model.to(map_location).eval()
+
+
+def load_bundled(map_location="cpu", **config):
+    """The small NCSN trained by this project on the embedded digits (``fastncsn/assets/digits_ncsn.pt``)."""
+    if not os.path.isfile(BUNDLED_PATH):
+        raise CheckpointError(f"the bundled digits model is missing ({BUNDLED_PATH}); reinstall fastncsn, "
+                              "or pass a checkpoint of your own")
+    return load(BUNDLED_PATH, map_location=map_location, **config)
