@@ -193,7 +193,7 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = 2
                       step_convention: str = "paper", mask: Optional[torch.Tensor] = None,
                       known: Optional[torch.Tensor] = None, clamp: Optional[tuple] = None,
                       snapshot_every: int = 0, progress: bool = False, seed: Optional[int] = None,
-                      step_fn=None):
+                      step_fn=None, noise_fn=None):
     """Annealed Langevin dynamics (seed 003, Algorithm 1).
 
     For each level ``i = 1..L`` (``sigmas`` decreasing) and ``t = 1..T``::
@@ -222,6 +222,11 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = 2
         progress: tqdm bar over the levels.
         step_fn: the update (defaults to :func:`fastncsn.reference.langevin_step_ref`);
             same signature, so a fused backend can be plugged in.
+        noise_fn: inject the noise source: ``noise_fn(like) -> z`` (standard
+            normal, ``like``'s shape) replaces ``torch.randn`` for every draw, in
+            order: per level, first the inpainting noise (only with ``mask``),
+            then one draw per step.  Used to compare other samplers (e.g. the
+            CUDA-graph sampler's Philox stream) with this one.
 
     Returns:
         the samples ``[N, ...]`` (and the snapshots when ``snapshot_every``).
@@ -232,6 +237,9 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = 2
     _check_steps(steps_per_level, "steps_per_level")
     mask, known = _check_mask(mask, known, x)
     g = make_generator(seed, generator, x.device)
+    if noise_fn is not None and g is not None:
+        raise ValueError("noise_fn: give either noise_fn or seed/generator, not both")
+    draw = noise_fn or (lambda like: _randn(like.shape, like, g))
     step = step_fn or langevin_step_ref
     L, n = sig.numel(), x.shape[0]
     snaps = _Snapshots(snapshot_every, L * steps_per_level, x)
@@ -245,10 +253,10 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = 2
         labels = _levels(n, i, x.device)
         known_i = None
         if mask is not None:
-            known_i = known + sig[i] * _randn(x.shape, x, g)
+            known_i = known + sig[i] * draw(x)
             x = torch.where(mask, known_i, x)
         for _ in range(steps_per_level):
-            z = _randn(x.shape, x, g)
+            z = draw(x)
             x = step(x, score_fn(x, labels), alphas[i], z, mask=mask, known=known_i, clamp=clamp)
             snaps(x)
     if denoise:
