@@ -1,0 +1,288 @@
+"""The reference (eager) trainer: denoising score matching over a noise ladder.
+
+``train()`` follows the reference NCSN recipe (Adam lr 1e-3, betas (0.9,
+0.999), batch 128, DSM with lambda(sigma) = sigma^2 over uniformly drawn
+levels, dequantised inputs x*255/256 + U/256) and adds what a long run needs:
+an EMA of the weights, per-level loss logging (JSON lines and a progress bar),
+atomic checkpoints every N steps keeping the last K, a clean save on
+SIGTERM/SIGINT, and exact resumption (model, EMA, optimizer, step, data order
+and noise RNG states), so an interrupted and resumed run equals an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from typing import Optional
+
+import torch
+
+from . import checkpoint as ckpt
+from .losses import dsm_loss
+
+__all__ = ["train", "EMA", "find_checkpoints", "latest_valid_checkpoint"]
+
+CKPT_PATTERN = "checkpoint_{step:08d}.pt"
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters (NCSNv2 technique).
+
+    ``shadow <- rate * shadow + (1 - rate) * param`` after every optimizer step.
+    """
+
+    def __init__(self, model: torch.nn.Module, rate: float = 0.999):
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"ema_rate: expected a value in (0, 1), got {rate!r}")
+        self.rate = rate
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(self.rate).add_(v.detach(), alpha=1.0 - self.rate)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return self.shadow
+
+    def load_state_dict(self, sd: dict) -> None:
+        for k, v in sd.items():
+            self.shadow[k].copy_(v)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+
+def find_checkpoints(out_dir: str) -> list:
+    """Our training checkpoints in ``out_dir``, newest first."""
+    return sorted(glob.glob(os.path.join(out_dir, "checkpoint_*.pt")), reverse=True)
+
+
+def latest_valid_checkpoint(out_dir: str):
+    """``(path, checkpoint dict)`` of the newest readable checkpoint, warning about corrupt ones; or ``(None, None)``."""
+    for path in find_checkpoints(out_dir):
+        try:
+            ck = ckpt.load_checkpoint(path)
+            if "train_state" not in (ck.get("extra") or {}):
+                raise ckpt.CheckpointError(f"path: {path!r} has no training state")
+            return path, ck
+        except ckpt.CheckpointError as exc:
+            warnings.warn(f"fastncsn: skipping unreadable checkpoint {path}: {exc}; trying the previous one",
+                          RuntimeWarning, stacklevel=2)
+    return None, None
+
+
+class _Batches:
+    """Shuffled epochs over a dataset from a seeded generator; its state is checkpointed."""
+
+    def __init__(self, dataset, batch_size: int, generator: torch.Generator):
+        self.dataset, self.batch_size, self.g = dataset, batch_size, generator
+        self.n = len(dataset)
+        if self.n < 1:
+            raise ValueError("data: the dataset is empty")
+        self.perm, self.pos = None, 0
+        self._cache = None
+        if hasattr(dataset, "tensors"):
+            self._cache = dataset.tensors[0]
+
+    def next(self) -> torch.Tensor:
+        idx = []
+        while len(idx) < self.batch_size:
+            if self.perm is None or self.pos >= self.n:
+                self.perm, self.pos = torch.randperm(self.n, generator=self.g), 0
+            take = min(self.batch_size - len(idx), self.n - self.pos)
+            idx.extend(self.perm[self.pos:self.pos + take].tolist())
+            self.pos += take
+        if self._cache is not None:
+            return self._cache[torch.tensor(idx)]
+        return torch.stack([self.dataset[i][0] for i in idx])
+
+    def state(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load(self, state: dict) -> None:
+        self.perm, self.pos = state["perm"], state["pos"]
+
+
+def _build_model(model_or_config, data_cfg: dict, ngf, num_levels, sigma_1, sigma_L, schedule):
+    from .models.refinenet import CondRefineNetDilated
+    from .schedules import get_sigmas
+    if isinstance(model_or_config, torch.nn.Module):
+        return model_or_config
+    cfg = dict(image_size=data_cfg["image_size"], channels=data_cfg["channels"], ngf=ngf, num_levels=num_levels,
+               sigmas=get_sigmas(schedule, sigma_1, sigma_L, num_levels).tolist())
+    if isinstance(model_or_config, dict):
+        cfg.update(model_or_config)
+    elif model_or_config is not None:
+        raise TypeError("model_or_config: expected None, a dict of CondRefineNetDilated arguments, or a model")
+    return CondRefineNetDilated(**cfg)
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a flag checked between steps (main thread only)."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: int = 128, lr: float = 1e-3,
+          out_dir: Optional[str] = None, checkpoint_every: int = 500, keep_last: int = 3,
+          ema_rate: Optional[float] = None, seed: int = 0, device=None, progress: bool = True,
+          resume: bool = True, ngf: int = 64, num_levels: int = 10, sigma_1: float = 1.0, sigma_L: float = 0.01,
+          schedule: str = "geometric", root: Optional[str] = None, log_every: int = 10,
+          grad_clip: Optional[float] = None, warmup_steps: int = 0, anneal_power: float = 2.0,
+          extra: Optional[dict] = None):
+    """Train a noise-conditional score network with DSM (seed 003 eq. 5-6) on the CPU or a GPU.
+
+    Args:
+        model_or_config: a score model, a dict of ``CondRefineNetDilated``
+            arguments, or None (built from ``data``'s image size and channels,
+            ``ngf``, ``num_levels`` and the ``schedule`` ladder sigma_1 -> sigma_L).
+        data: dataset name for :func:`fastncsn.data.get_dataset` (default: the
+            embedded digits), or a torch Dataset of ``(image, label)``.
+        steps: total optimizer steps (a resumed run continues up to this).
+        out_dir: where checkpoints and ``train_log.jsonl`` go (None: nothing is saved).
+        checkpoint_every / keep_last: checkpoint period and how many to keep.
+        ema_rate: keep an EMA of the weights at this rate (e.g. 0.999).
+        resume: continue from the newest valid checkpoint in ``out_dir``.
+        grad_clip: clip the gradient norm to this value.
+        warmup_steps: linear learning-rate warm-up.
+
+    Returns:
+        the trained model (raw weights; the EMA is in the checkpoints).
+    """
+    from .data import DATASET_CONFIGS, dequantize, get_dataset
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    if not lr > 0:
+        raise ValueError(f"lr: expected > 0, got {lr!r}")
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every: expected an int >= 1, got {checkpoint_every!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(data, str):
+        dataset = get_dataset(data, root=root, train=True)
+        data_name = data
+        data_cfg = DATASET_CONFIGS[data.split(":")[0]]
+    else:
+        dataset, data_name = data, type(data).__name__
+        img = dataset[0][0]
+        data_cfg = dict(image_size=int(img.shape[-1]), channels=int(img.shape[0]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights depend on the seed alone
+        model = _build_model(model_or_config, data_cfg, ngf, num_levels, sigma_1, sigma_L, schedule).to(device)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    ema = EMA(model, ema_rate) if ema_rate else None
+    data_gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    batches = _Batches(dataset, batch_size, data_gen)
+    start = 0
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        if resume:
+            path, ck = latest_valid_checkpoint(out_dir)
+            if ck is not None:
+                ckpt._load_state(model, ck["state_dict"], path)
+                if ck.get("optimizer"):
+                    opt.load_state_dict(ck["optimizer"])
+                if ema is not None and ck.get("ema_state_dict"):
+                    ema.load_state_dict(ck["ema_state_dict"])
+                ts = ck["extra"]["train_state"]
+                data_gen.set_state(ts["data_gen"])
+                noise_gen.set_state(ts["noise_gen"])
+                batches.load(ts["batches"])
+                start = int(ck["step"])
+                if progress:
+                    print(f"fastncsn: resuming from {path} (step {start})")
+    sigmas = model.sigmas
+    log_path = os.path.join(out_dir, "train_log.jsonl") if out_dir else None
+    meta = dict(extra or {})
+    meta.update(data=data_name, batch_size=batch_size, lr=lr, seed=seed, ema_rate=ema_rate)
+
+    def save_checkpoint(step):
+        if out_dir is None:
+            return
+        meta["train_state"] = dict(data_gen=data_gen.get_state(), noise_gen=noise_gen.get_state(),
+                                   batches=batches.state())
+        path = os.path.join(out_dir, CKPT_PATTERN.format(step=step))
+        ckpt.save(model, path, optimizer=opt, step=step, ema=ema, extra=meta, rng=ckpt.rng_state())
+        for old in find_checkpoints(out_dir)[keep_last:]:
+            os.remove(old)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, initial=start, desc="train (DSM)", unit="step")
+    logf = open(log_path, "a") if log_path else None
+    step = start
+    try:
+        with _StopFlag() as stop:
+            while step < steps:
+                t0 = time.perf_counter()
+                x = batches.next().to(device)
+                x = dequantize(x, data_gen).to(device)
+                if warmup_steps:
+                    for group in opt.param_groups:
+                        group["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
+                out = dsm_loss(model, x, sigmas, anneal_power=anneal_power, generator=noise_gen)
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                dt = time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                if logf is not None and (step % log_every == 0 or step == steps):
+                    loss = float(out.loss.detach())
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"training diverged at step {step} (loss {loss})")
+                    per = [None if math.isnan(v) else round(v, 5) for v in out.per_level.tolist()]
+                    logf.write(json.dumps(dict(step=step, loss=loss, per_level=per, step_time_s=dt,
+                                               images_per_s=batch_size / dt)) + "\n")
+                    logf.flush()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}")
+                if step % checkpoint_every == 0 or step == steps:
+                    save_checkpoint(step)
+                if stop.signal is not None:
+                    save_checkpoint(step)
+                    if progress:
+                        print(f"\nfastncsn: stopped by signal {stop.signal} at step {step}; checkpoint saved")
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+        if logf is not None:
+            logf.close()
+    model.eval()
+    return model
