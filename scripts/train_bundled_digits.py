@@ -3,10 +3,12 @@
 The bundled model was made with exactly this script, on a 2-core CPU:
 
     python scripts/train_bundled_digits.py train 16 6000 64      # ngf, max steps, batch; saves every 500 steps
-    python scripts/train_bundled_digits.py export runs/pilot_ngf16.pt fastncsn/assets/digits_ncsn.pt
+    python scripts/train_bundled_digits.py export runs/pilot_ngf16.pt fastncsn/assets/digits_ncsn.pt WEIGHTS
 
 (``train`` was stopped after the step recorded in the asset's metadata; ``export``
-writes the EMA weights in fastncsn's checkpoint format with sampling defaults.)
+writes the raw (``state_dict``) or EMA (``ema``) weights, as recorded in the
+asset's metadata, in fastncsn's checkpoint format with sampling defaults:
+reference step convention, eps 1e-4, 20 steps per level, final denoising.)
 
 Recipe: CondRefineNetDilated(28, 1, ngf, 10 levels, geometric 1 -> 0.01) on the
 embedded digits (sklearn, resized to 28x28), DSM with sigma^2 weighting, Adam
@@ -49,18 +51,18 @@ def train(ngf: int, steps: int, bs: int, out: str = "runs") -> None:
                         "step": step}, f"{out}/pilot_ngf{ngf}.pt")
 
 
-def export(src: str, dst: str, **sampling) -> None:
+def export(src: str, dst: str, weights: str = "ema", **sampling) -> None:
     import fastncsn
     from fastncsn.models.refinenet import CondRefineNetDilated
     ck = torch.load(src, weights_only=False)
     model = CondRefineNetDilated(**ck["config"])
-    model.load_state_dict(ck["ema"])
-    model.sampling_defaults = dict(eps=2e-5, steps_per_level=20, step_convention="reference", init="uniform",
+    model.load_state_dict(ck[weights])
+    model.sampling_defaults = dict(eps=1e-4, steps_per_level=20, step_convention="reference", init="uniform",
                                    denoise=True)
     model.sampling_defaults.update(sampling)
     fastncsn.save(model, dst, step=ck["step"], extra={
         "trained_by": "python scripts/train_bundled_digits.py train 16 6000 64 (stopped at the step above), "
-                      "then export (EMA 0.999 weights)",
+                      f"then export ({weights} weights)",
         "data": "embedded digits (sklearn load_digits, 1797 images, 28x28)"})
 
 
@@ -68,6 +70,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "train":
         train(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     elif sys.argv[1] == "export":
-        export(sys.argv[2], sys.argv[3])
+        export(sys.argv[2], sys.argv[3], *sys.argv[4:5])
     else:
         raise SystemExit("usage: train NGF STEPS BATCH | export SRC DST")

@@ -1,0 +1,323 @@
+"""The ``fastncsn`` command: sample, train, inpaint, schedule.
+
+Every subcommand has ``--help``; expected failures (missing files, bad values,
+corrupt checkpoints) print one ``fastncsn: error: ...`` line and exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+__all__ = ["main", "save_grid", "make_grid"]
+
+
+class CLIError(Exception):
+    """An expected failure reported as one line."""
+
+
+# ----------------------------------------------------------------------------- images
+
+def make_grid(x, nrow: Optional[int] = None, padding: int = 2, pad_value: float = 1.0):
+    """Tile ``x`` [N, C, H, W] (values in [0, 1]) into one [C, H', W'] image, ``nrow`` images per row."""
+    import torch
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top:top + h, left:left + w] = x[i].clamp(0, 1)
+    return grid
+
+
+def _to_pil(img, scale: int = 1):
+    from PIL import Image
+    arr = (img.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    return im
+
+
+def save_grid(x, path: str, nrow: Optional[int] = None, scale: int = 1) -> None:
+    """Write ``x`` [N, C, H, W] as a PNG grid."""
+    _ensure_parent(path)
+    _to_pil(make_grid(x.detach().float().cpu(), nrow), scale).save(path)
+
+
+def _ensure_parent(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CLIError(f"output: directory {parent!r} does not exist")
+
+
+def _save_tensor(x, path: str) -> None:
+    _ensure_parent(path)
+    if path.endswith(".npz"):
+        import numpy as np
+        np.savez_compressed(path, samples=x.cpu().numpy())
+    elif path.endswith(".pt"):
+        import torch
+        torch.save(x.cpu(), path)
+    else:
+        raise CLIError(f"--save-tensor: expected a .pt or .npz path, got {path!r}")
+
+
+def _load_model(checkpoint: Optional[str], device: Optional[str]):
+    import torch
+    from . import checkpoint as ck
+    model = ck.load_bundled() if checkpoint is None else ck.load(checkpoint)
+    return model.to(torch.device(device) if device else "cpu")
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+def _cmd_sample(a) -> None:
+    import torch
+    from .api import sample
+    t0 = time.time()
+    model = _load_model(a.checkpoint, a.device)
+    if a.n < 1:
+        raise CLIError(f"--n: expected >= 1, got {a.n}")
+    want_snaps = bool(a.strip or a.gif)
+    T = a.steps_per_level or (getattr(model, "sampling_defaults", {}) or {}).get("steps_per_level", 100)
+    kwargs = dict(n=a.n, seed=a.seed, steps_per_level=a.steps_per_level, eps=a.eps, step_convention=a.step_convention,
+                  denoise=a.denoise, progress=not a.quiet, backend=a.backend, batch_size=a.batch_size)
+    if want_snaps:
+        x, snaps = sample(model, snapshot_every=T, **kwargs)
+    else:
+        x = sample(model, **kwargs)
+    x = x.clamp(0, 1) if x.dim() == 4 else x
+    written = []
+    if x.dim() == 4:
+        save_grid(x, a.out, scale=a.scale)
+        written.append(a.out)
+    if a.save_tensor:
+        _save_tensor(x, a.save_tensor)
+        written.append(a.save_tensor)
+    if want_snaps:
+        k = min(a.n, 8)
+        frames = snaps[:, :k].clamp(0, 1)                       # [L, k, C, H, W]: end of each level
+        if a.strip:
+            strip = frames.transpose(0, 1).reshape(-1, *frames.shape[2:])  # rows: images, cols: levels
+            save_grid(strip, a.strip, nrow=frames.shape[0], scale=a.scale)
+            written.append(a.strip)
+        if a.gif:
+            _ensure_parent(a.gif)
+            ims = [_to_pil(make_grid(f), a.scale) for f in list(frames) + [x[:k]]]
+            ims[0].save(a.gif, save_all=True, append_images=ims[1:], duration=300, loop=0)
+            written.append(a.gif)
+    print(f"fastncsn: {a.n} samples in {time.time() - t0:.1f} s -> {', '.join(written)}")
+
+
+def _cmd_train(a) -> None:
+    from .training import train
+    data = a.data
+    model = train(None, data=data, steps=a.steps, batch_size=a.batch_size, lr=a.lr, out_dir=a.out,
+                  checkpoint_every=a.checkpoint_every, keep_last=a.keep_last, ema_rate=a.ema, seed=a.seed,
+                  device=a.device, progress=not a.quiet, resume=not a.no_resume, ngf=a.ngf,
+                  num_levels=a.num_levels, sigma_1=a.sigma_1, sigma_L=a.sigma_L, schedule=a.schedule,
+                  root=a.root, extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
+    print(f"fastncsn: trained {type(model).__name__} for {a.steps} steps; checkpoints in {a.out}")
+
+
+def _mask_for(kind: str, shape):
+    import torch
+    c, h, w = shape
+    m = torch.zeros(1, c, h, w)
+    if kind == "right_half":
+        m[..., : w // 2] = 1           # left half known, right half completed
+    elif kind == "left_half":
+        m[..., w // 2:] = 1
+    elif kind == "bottom_half":
+        m[..., : h // 2, :] = 1
+    elif kind == "center":
+        m[:] = 1
+        m[..., h // 4: h - h // 4, w // 4: w - w // 4] = 0
+    else:
+        raise CLIError(f"--mask-kind: expected right_half, left_half, bottom_half or center, got {kind!r}")
+    return m
+
+
+def _read_image(path: str, shape):
+    import torch
+    from PIL import Image
+    if not os.path.isfile(path):
+        raise CLIError(f"--image/--mask: no such file {path!r}")
+    c, h, w = shape
+    with Image.open(path) as im:
+        im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(h, w, c)
+    return x.permute(2, 0, 1).float().unsqueeze(0) / 255.0
+
+
+def _cmd_inpaint(a) -> None:
+    import torch
+    from .api import sample
+    t0 = time.time()
+    model = _load_model(a.checkpoint, a.device)
+    shape = tuple(model.data_shape)
+    if len(shape) != 3:
+        raise CLIError("--checkpoint: inpainting needs an image model")
+    if a.image:
+        known = _read_image(a.image, shape)
+    else:
+        from .data import get_dataset
+        ds = get_dataset("digits", image_size=shape[1])
+        if not 0 <= a.from_digits < len(ds):
+            raise CLIError(f"--from-digits: expected an index in [0, {len(ds)}), got {a.from_digits}")
+        known = ds[a.from_digits][0].unsqueeze(0)
+        if known.shape[1:] != torch.Size(shape):
+            raise CLIError(f"--from-digits: the embedded digits are {tuple(known.shape[1:])}, the model wants {shape}")
+    mask = (_read_image(a.mask, shape) > 0.5).float() if a.mask else _mask_for(a.mask_kind, shape)
+    x = sample(model, n=a.n, seed=a.seed, mask=mask, known=known, steps_per_level=a.steps_per_level,
+               progress=not a.quiet).clamp(0, 1)
+    masked = known * mask + 0.5 * (1 - mask)
+    save_grid(torch.cat([masked, x]), a.out, nrow=a.n + 1, scale=a.scale)
+    print(f"fastncsn: {a.n} completions in {time.time() - t0:.1f} s -> {a.out} (first tile: the masked input)")
+
+
+def _cmd_schedule(a) -> None:
+    import torch
+    from .data import DATASET_CONFIGS, get_dataset
+    from .schedules import get_sigmas, num_levels_for_overlap, overlap_probabilities, sigma_1_from_data, step_size_for
+    base = a.data.split(":")[0]
+    if base not in DATASET_CONFIGS:
+        raise CLIError(f"--data: expected one of {', '.join(DATASET_CONFIGS)} or folder:PATH, got {a.data!r}")
+    cfg = DATASET_CONFIGS[base]
+    dim = cfg["channels"] * cfg["image_size"] ** 2
+    if a.sigma_1 == "data":
+        ds = get_dataset(a.data, root=a.root)
+        x = torch.stack([ds[i][0] for i in range(min(len(ds), a.max_points))])
+        sigma_1 = sigma_1_from_data(x)
+        print(f"sigma_1 from data (largest pairwise distance of {x.shape[0]} images): {sigma_1:.4f}")
+    else:
+        try:
+            sigma_1 = float(a.sigma_1)
+        except ValueError:
+            raise CLIError(f"--sigma-1: expected a number or 'data', got {a.sigma_1!r}") from None
+    s = get_sigmas(a.kind, sigma_1, a.sigma_L, a.num_levels, dtype=torch.float64)
+    p = overlap_probabilities(s, dim)
+    print(f"{a.kind} ladder, L={a.num_levels}, sigma_1={sigma_1:g}, sigma_L={a.sigma_L:g}, data dimension D={dim}")
+    print(f"{'i':>4} {'sigma_i':>12} {'gamma_i':>9} {'overlap P_i':>12}")
+    for i, v in enumerate(s.tolist()):
+        if i == 0:
+            print(f"{i + 1:>4} {v:>12.6g} {'':>9} {'':>12}")
+        else:
+            print(f"{i + 1:>4} {v:>12.6g} {s[i - 1].item() / v:>9.4f} {p[i - 1].item():>12.4g}")
+    try:
+        need = num_levels_for_overlap(sigma_1, a.sigma_L, dim, C=0.5)
+        print(f"smallest geometric L with overlap >= 0.5: {need}")
+        gamma = (sigma_1 / a.sigma_L) ** (1.0 / (need - 1))
+        eps = step_size_for(a.steps_per_level, gamma, a.sigma_L)
+        print(f"step size for T={a.steps_per_level} at that L (seed 004 section 4.2.2 rule, reference "
+              f"convention): eps = {eps:.3g}")
+    except ValueError as exc:
+        print(f"(no overlap suggestion: {exc})")
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastncsn", description="Noise Conditional Score Networks: sample, train, "
+                                "inpaint, inspect noise schedules.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="annealed Langevin samples as a PNG grid",
+                       description="Draw samples with annealed Langevin dynamics (default: the bundled digits model).")
+    s.add_argument("--checkpoint", help="checkpoint path (default: the bundled digits model)")
+    s.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps-per-level", type=int, help="T (default: the model's)")
+    s.add_argument("--eps", type=float, help="step size in --step-convention (default: the model's)")
+    s.add_argument("--step-convention", choices=["paper", "reference", "snr"])
+    s.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
+                   help="final denoising step (default: the model's)")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--device")
+    s.add_argument("--backend", default="auto", choices=["auto", "triton", "cuda", "torch"])
+    s.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
+    s.add_argument("--scale", type=int, default=2, help="upscale the PNG by this factor (default 2)")
+    s.add_argument("--save-tensor", help="also save the samples as .pt or .npz")
+    s.add_argument("--strip", help="PNG of the first images at the end of every noise level")
+    s.add_argument("--gif", help="animated GIF of the annealing")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_sample)
+
+    t = sub.add_parser("train", help="train a score network with denoising score matching",
+                       description="Train CondRefineNetDilated with DSM; resumes from the newest checkpoint in --out.")
+    t.add_argument("--data", default="digits", help="digits | mnist | cifar10 | celeba | stanford_cars | folder:PATH")
+    t.add_argument("--root", help="directory of the torchvision dataset files")
+    t.add_argument("--out", required=True, help="run directory (checkpoints, train_log.jsonl)")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--ngf", type=int, default=64)
+    t.add_argument("--num-levels", type=int, default=10)
+    t.add_argument("--sigma-1", type=float, default=1.0)
+    t.add_argument("--sigma-L", type=float, default=0.01)
+    t.add_argument("--schedule", default="geometric",
+                   choices=["geometric", "linear", "cosine", "squared_cosine", "sigmoid"])
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--ema", type=float, help="EMA rate of the weights, e.g. 0.999")
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--keep-last", type=int, default=3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device")
+    t.add_argument("--no-resume", action="store_true", help="start afresh even if --out has checkpoints")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    i = sub.add_parser("inpaint", help="complete the masked part of an image",
+                       description="Inpainting with annealed Langevin dynamics (known pixels re-noised per level).")
+    src = i.add_mutually_exclusive_group()
+    src.add_argument("--image", help="PNG/JPEG image (resized to the model's size)")
+    src.add_argument("--from-digits", type=int, default=0, help="index of an embedded digit (default 0)")
+    i.add_argument("--mask", help="mask image: white = known pixels")
+    i.add_argument("--mask-kind", default="right_half", help="right_half | left_half | bottom_half | center")
+    i.add_argument("--checkpoint")
+    i.add_argument("--n", type=int, default=8)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--steps-per-level", type=int)
+    i.add_argument("--device")
+    i.add_argument("--out", default="inpainting.png")
+    i.add_argument("--scale", type=int, default=2)
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=_cmd_inpaint)
+
+    c = sub.add_parser("schedule", help="print a noise ladder and its overlap diagnostics",
+                       description="Noise ladder, consecutive-level overlap (seed 000 Prop. 2) and suggestions.")
+    c.add_argument("--kind", default="geometric", choices=["geometric", "linear", "cosine", "squared_cosine", "sigmoid"])
+    c.add_argument("--num-levels", type=int, default=10)
+    c.add_argument("--sigma-1", default="1.0", help="a number, or 'data' for the largest pairwise distance")
+    c.add_argument("--sigma-L", type=float, default=0.01)
+    c.add_argument("--data", default="digits", help="dataset whose dimension D is used (default digits, D=784)")
+    c.add_argument("--root")
+    c.add_argument("--steps-per-level", type=int, default=100, help="T for the step-size suggestion")
+    c.add_argument("--max-points", type=int, default=5000, help="images used for --sigma-1 data")
+    c.set_defaults(func=_cmd_schedule)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .checkpoint import CheckpointError
+    try:
+        args.func(args)
+    except (CLIError, CheckpointError, ValueError, TypeError, FileNotFoundError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"fastncsn: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastncsn: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastncsn
+from fastncsn.cli import main, make_grid
+from fastncsn.models.refinenet import CondRefineNetDilated
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    model = CondRefineNetDilated(28, 1, ngf=4, num_levels=3)
+    model.sampling_defaults = dict(eps=1e-4, steps_per_level=2, step_convention="reference", denoise=True)
+    fastncsn.save(model, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("cmd", ["sample", "train", "inpaint", "schedule"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and "usage: fastncsn " + cmd in capsys.readouterr().out
+
+
+def test_schedule_prints_ladder(capsys):
+    assert main(["schedule", "--kind", "cosine", "--num-levels", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "cosine ladder, L=5" in out and "D=784" in out and "0.01" in out and "overlap" in out
+
+
+def test_sample_writes_png_tensor_strip_gif(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    rc = main(["sample", "--checkpoint", tiny_ckpt, "--n", "5", "--out", str(out), "--quiet",
+               "--save-tensor", str(tmp_path / "s.npz"), "--strip", str(tmp_path / "strip.png"),
+               "--gif", str(tmp_path / "a.gif")])
+    assert rc == 0
+    with Image.open(out) as im:
+        assert im.size == (2 * (3 * 30 + 2), 2 * (2 * 30 + 2))  # 3 per row, 2 rows, 2 px padding, x2
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (5, 1, 28, 28)
+    with Image.open(tmp_path / "strip.png") as im:
+        assert im.size[0] == 2 * (3 * 30 + 2)  # one column per level
+    with Image.open(tmp_path / "a.gif") as im:
+        assert im.n_frames == 4  # three levels and the final samples
+    assert "5 samples" in capsys.readouterr().out
+
+
+def test_inpaint_mask_kind(tiny_ckpt, tmp_path):
+    assert main(["inpaint", "--checkpoint", tiny_ckpt, "--n", "2", "--mask-kind", "center", "--quiet",
+                 "--out", str(tmp_path / "i.png")]) == 0
+    assert os.path.exists(tmp_path / "i.png")
+
+
+def test_errors_are_one_line(tiny_ckpt, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(open(tiny_ckpt, "rb").read()[:200])
+    cases = [
+        ["sample", "--checkpoint", str(tmp_path / "missing.pt")],
+        ["sample", "--checkpoint", str(bad)],
+        ["sample", "--checkpoint", tiny_ckpt, "--n", "-3"],
+        ["sample", "--checkpoint", tiny_ckpt, "--out", str(tmp_path / "no" / "dir.png"), "--quiet"],
+        ["train", "--data", "imagenet", "--out", str(tmp_path / "run")],
+        ["inpaint", "--checkpoint", tiny_ckpt, "--mask-kind", "diagonal", "--quiet"],
+        ["schedule", "--sigma-1", "big"],
+    ]
+    for args in cases:
+        proc = subprocess.run([sys.executable, "-m", "fastncsn", *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.startswith("fastncsn: error:") and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_train_then_sample(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--out", str(run), "--steps", "3", "--ngf", "4",
+                 "--num-levels", "3", "--batch-size", "4", "--quiet"]) == 0
+    ck = sorted(os.listdir(run))
+    assert "checkpoint_00000003.pt" in ck and "train_log.jsonl" in ck
+    assert main(["sample", "--checkpoint", str(run / "checkpoint_00000003.pt"), "--n", "2",
+                 "--steps-per-level", "1", "--out", str(tmp_path / "x.png"), "--quiet"]) == 0
+
+
+def test_make_grid_layout():
+    g = make_grid(torch.zeros(3, 1, 4, 4), nrow=2, padding=1)
+    assert g.shape == (1, 2 * 5 + 1, 2 * 5 + 1) and g[0, 0, 0] == 1 and g[0, 1, 1] == 0
