@@ -184,6 +184,13 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         raise ValueError(f"lr: expected > 0, got {lr!r}")
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every: expected an int >= 1, got {checkpoint_every!r}")
+    dist = torch.distributed
+    distributed = dist.is_available() and dist.is_initialized()
+    world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+    if batch_size % world:
+        raise ValueError(f"batch_size: the global batch {batch_size} must divide evenly over {world} processes")
+    if device is None and distributed and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(data, str):
         dataset = get_dataset(data, root=root, train=True)
@@ -197,14 +204,21 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         torch.manual_seed(seed)  # the initial weights depend on the seed alone
         model = _build_model(model_or_config, data_cfg, ngf, num_levels, sigma_1, sigma_L, schedule).to(device)
     model.train()
+    net = model
+    if distributed:  # gradients averaged over ranks; each rank sees its slice of the global batch
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     ema = EMA(model, ema_rate) if ema_rate else None
     data_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     batches = _Batches(dataset, batch_size, data_gen)
     start = 0
+    writer = out_dir is not None and rank == 0   # only rank 0 writes checkpoints and logs
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
+        if writer:
+            os.makedirs(out_dir, exist_ok=True)
+        if distributed:
+            dist.barrier()
         if resume:
             path, ck = latest_valid_checkpoint(out_dir)
             if ck is not None:
@@ -221,12 +235,12 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
                 if progress:
                     print(f"fastncsn: resuming from {path} (step {start})")
     sigmas = model.sigmas
-    log_path = os.path.join(out_dir, "train_log.jsonl") if out_dir else None
+    log_path = os.path.join(out_dir, "train_log.jsonl") if writer else None
     meta = dict(extra or {})
     meta.update(data=data_name, batch_size=batch_size, lr=lr, seed=seed, ema_rate=ema_rate)
 
     def save_checkpoint(step):
-        if out_dir is None:
+        if not writer:
             return
         meta["train_state"] = dict(data_gen=data_gen.get_state(), noise_gen=noise_gen.get_state(),
                                    batches=batches.state())
@@ -236,7 +250,7 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
             os.remove(old)
 
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc="train (DSM)", unit="step")
     logf = open(log_path, "a") if log_path else None
@@ -247,10 +261,17 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
                 t0 = time.perf_counter()
                 x = batches.next().to(device)
                 x = dequantize(x, data_gen).to(device)
+                # every rank draws the whole global batch's levels and noise (same generators) and
+                # keeps its slice, so N processes equal one process with the same global batch
+                levels = torch.randint(0, sigmas.numel(), (x.shape[0],), generator=noise_gen, device=device)
+                z = torch.randn(x.shape, generator=noise_gen, device=device, dtype=x.dtype)
+                if world > 1:
+                    part = slice(rank * (x.shape[0] // world), (rank + 1) * (x.shape[0] // world))
+                    x, levels, z = x[part], levels[part], z[part]
                 if warmup_steps:
                     for group in opt.param_groups:
                         group["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
-                out = dsm_loss(model, x, sigmas, anneal_power=anneal_power, generator=noise_gen)
+                out = dsm_loss(net, x, sigmas, level_index=levels, noise=z, anneal_power=anneal_power)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if grad_clip:
@@ -274,7 +295,7 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
                         bar.set_postfix(loss=f"{loss:.3f}")
                 if step % checkpoint_every == 0 or step == steps:
                     save_checkpoint(step)
-                if stop.signal is not None:
+                if stop.signal is not None:  # (with several processes, each rank gets the signal)
                     save_checkpoint(step)
                     if progress:
                         print(f"\nfastncsn: stopped by signal {stop.signal} at step {step}; checkpoint saved")
