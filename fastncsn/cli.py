@@ -123,7 +123,8 @@ def _cmd_train(a) -> None:
                   device=a.device, progress=not a.quiet, resume=not a.no_resume, ngf=a.ngf,
                   num_levels=a.num_levels, sigma_1=a.sigma_1, sigma_L=a.sigma_L, schedule=a.schedule,
                   root=a.root, extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
-    print(f"fastncsn: trained {type(model).__name__} for {a.steps} steps; checkpoints in {a.out}")
+    print(f"fastncsn: trained {type(model).__name__} to step {model.train_step} of {a.steps}; "
+          f"checkpoints in {a.out}")
 
 
 def _mask_for(kind: str, shape):

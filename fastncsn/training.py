@@ -173,7 +173,9 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         warmup_steps: linear learning-rate warm-up.
 
     Returns:
-        the trained model (raw weights; the EMA is in the checkpoints).
+        the trained model (raw weights; the EMA is in the checkpoints), in eval
+        mode, with the step it reached as ``model.train_step`` (less than
+        ``steps`` when a signal stopped the run).
     """
     from .data import DATASET_CONFIGS, dequantize, get_dataset
     if not isinstance(steps, int) or steps < 1:
@@ -306,4 +308,5 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         if logf is not None:
             logf.close()
     model.eval()
+    model.train_step = step
     return model

@@ -77,10 +77,11 @@ def test_errors_are_one_line(tiny_ckpt, tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_train_then_sample(tmp_path):
+def test_train_then_sample(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", "digits", "--out", str(run), "--steps", "3", "--ngf", "4",
                  "--num-levels", "3", "--batch-size", "4", "--quiet"]) == 0
+    assert "to step 3 of 3" in capsys.readouterr().out
     ck = sorted(os.listdir(run))
     assert "checkpoint_00000003.pt" in ck and "train_log.jsonl" in ck
     assert main(["sample", "--checkpoint", str(run / "checkpoint_00000003.pt"), "--n", "2",
