@@ -80,18 +80,12 @@ class RefineNetTrunk(nn.Module):
     def trunk(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = x if (self.logit_transform or self.rescaled) else 2 * x - 1.0
         h = self.begin_conv(h)
-        layer1 = h
-        for blk in self.res1:
-            layer1 = blk(layer1, y)
-        layer2 = layer1
-        for blk in self.res2:
-            layer2 = blk(layer2, y)
-        layer3 = layer2
-        for blk in self.res3:
-            layer3 = blk(layer3, y)
-        layer4 = layer3
-        for blk in self.res4:
-            layer4 = blk(layer4, y)
+        layers = []
+        for stage in (self.res1, self.res2, self.res3, self.res4):
+            for blk in stage:
+                h = blk(h, y)
+            layers.append(h)
+        layer1, layer2, layer3, layer4 = layers
         ref1 = self.refine1([layer4], y, layer4.shape[2:])
         ref2 = self.refine2([layer3, ref1], y, layer3.shape[2:])
         ref3 = self.refine3([layer2, ref2], y, layer2.shape[2:])
