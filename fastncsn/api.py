@@ -32,7 +32,7 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
            step_convention: Optional[str] = None, seed: Optional[int] = 0,
            generator: Optional[torch.Generator] = None, device=None, init: Optional[str] = None,
            denoise: Optional[bool] = None, mask: Optional[torch.Tensor] = None, known: Optional[torch.Tensor] = None,
-           progress: bool = True, backend: str = "auto", snapshot_every: int = 0,
+           progress: bool = True, backend: Optional[str] = None, snapshot_every: int = 0,
            batch_size: Optional[int] = None, clamp: Optional[tuple] = None):
     """Draw ``n`` samples from a score model with annealed Langevin dynamics (seed 003, Algorithm 1).
 
@@ -50,7 +50,8 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
         mask, known: inpainting -- ``mask`` 1 at known pixels, ``known`` the
             image(s) there (broadcastable to ``[n, *data_shape]``).
         progress: progress bar over the noise levels.
-        backend: fused-op backend of the model's norms ("auto" | "triton" | "cuda" | "torch").
+        backend: set the fused-op backend of the model's norms ("auto" | "triton" |
+            "cuda" | "torch"); None keeps the model's own setting.
         snapshot_every: k > 0 also returns the trajectory every k steps.
         batch_size: sample in chunks of this size (default: all at once).
         clamp: optional ``(lo, hi)`` after every step.
@@ -83,10 +84,11 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     model = model.to(device)
-    if hasattr(model, "set_backend"):
-        model.set_backend(backend)
-    elif backend != "auto":
-        raise ValueError(f"backend: model {type(model).__name__} has no fused ops; use backend='auto'")
+    if backend is not None:
+        if hasattr(model, "set_backend"):
+            model.set_backend(backend)
+        elif backend != "auto":
+            raise ValueError(f"backend: model {type(model).__name__} has no fused ops; use backend=None or 'auto'")
     sigmas = model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32)
     sigmas = sigmas.to(device)
     g = make_generator(seed, generator, device)
