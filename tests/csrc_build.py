@@ -45,6 +45,12 @@ def cuda_include_dir() -> Optional[str]:
     return None
 
 
+def cuda_home() -> Optional[str]:
+    """The CUDA toolkit root (the folder above cuda_include_dir()), or None."""
+    inc = cuda_include_dir()
+    return None if inc is None else str(Path(inc).parent)
+
+
 def cu_sources() -> list[Path]:
     return sorted(CSRC.glob("*.cu"))
 
