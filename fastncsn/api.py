@@ -9,9 +9,11 @@ from .sampling.langevin import annealed_langevin, init_samples, make_generator
 
 __all__ = ["sample", "NCSN_SAMPLING"]
 
-#: the original NCSN sampler (reference code): step_lr 2e-5 in the reference
-#: convention, T = 100 per level, uniform initialisation, no denoising step
-NCSN_SAMPLING = dict(eps=2e-5, steps_per_level=100, step_convention="reference", init="uniform", denoise=False)
+#: the original NCSN sampler (reference code, runners/anneal_runner.py): step_lr 2e-5 in the
+#: reference convention (= eps 4e-5 in Algorithm 1's, snr ~0.316), T = 100 per level, uniform
+#: initialisation on [0, 1), no denoising step, no clamping inside the loop
+NCSN_SAMPLING = dict(eps=2e-5, steps_per_level=100, step_convention="reference", init="uniform", denoise=False,
+                     clamp=None)
 
 
 def _resolve_model(model):
@@ -33,7 +35,8 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
            generator: Optional[torch.Generator] = None, device=None, init: Optional[str] = None,
            denoise: Optional[bool] = None, mask: Optional[torch.Tensor] = None, known: Optional[torch.Tensor] = None,
            progress: bool = True, backend: Optional[str] = None, snapshot_every: int = 0,
-           batch_size: Optional[int] = None, clamp: Optional[tuple] = None):
+           batch_size: Optional[int] = None, clamp: Optional[tuple] = None, fast: Optional[bool] = None,
+           precision: Optional[str] = None):
     """Draw ``n`` samples from a score model with annealed Langevin dynamics (seed 003, Algorithm 1).
 
     Args:
@@ -41,11 +44,14 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
             bundled digits model (works offline straight after install).
         n: number of samples.
         sigmas: noise ladder (default: the model's ``sigmas``).
-        steps_per_level, eps, step_convention, init, denoise: sampler settings;
-            ``None`` takes the model's ``sampling_defaults`` and otherwise
-            NCSN's (``NCSN_SAMPLING``: eps 2e-5, reference convention, T 100,
-            uniform init).  Conventions: :mod:`fastncsn.sampling.langevin`.
+        steps_per_level, eps, step_convention, init, denoise, clamp: sampler
+            settings; ``None`` takes the model's ``sampling_defaults`` (a dict
+            with any of these keys, plus ``init_range`` for uniform
+            initialisation) and otherwise NCSN's (``NCSN_SAMPLING``: eps 2e-5,
+            reference convention, T 100, uniform init on [0, 1), no denoising,
+            no clamp).  Conventions: :mod:`fastncsn.sampling.langevin`.
         seed / generator: noise source; the same seed gives the same samples.
+            A ``generator`` takes precedence over ``seed``.
         device: where to sample (default: the model's device).
         mask, known: inpainting -- ``mask`` 1 at known pixels, ``known`` the
             image(s) there (broadcastable to ``[n, *data_shape]``).
@@ -54,7 +60,8 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
             "cuda" | "torch"); None keeps the model's own setting.
         snapshot_every: k > 0 also returns the trajectory every k steps.
         batch_size: sample in chunks of this size (default: all at once).
-        clamp: optional ``(lo, hi)`` after every step.
+        clamp: optional ``(lo, hi)`` after every step (default: the model's
+            ``sampling_defaults["clamp"]``, else none).
 
     Returns:
         ``[n, *model.data_shape]`` samples on ``device`` (``[n, C, H, W]`` for
@@ -79,6 +86,7 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
     step_convention = defaults["step_convention"] if step_convention is None else step_convention
     init = defaults["init"] if init is None else init
     denoise = defaults["denoise"] if denoise is None else denoise
+    clamp = defaults.get("clamp") if clamp is None else clamp
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -91,7 +99,7 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
             raise ValueError(f"backend: model {type(model).__name__} has no fused ops; use backend=None or 'auto'")
     sigmas = model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32)
     sigmas = sigmas.to(device)
-    g = make_generator(seed, generator, device)
+    g = make_generator(None if generator is not None else seed, generator, device)
     shape = tuple(model.data_shape)
     if mask is not None or known is not None:
         if mask is None or known is None:
@@ -99,6 +107,19 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
         mask = torch.as_tensor(mask, device=device)
         known = torch.as_tensor(known, device=device, dtype=torch.float32)
     low, high = defaults.get("init_range", (0.0, 1.0))
+    if fast is None:
+        fast = device.type == "cuda"
+    if fast:
+        from .sampling.graphs import get_graph_sampler
+        sampler = get_graph_sampler(model, batch_size or n, sigmas=sigmas, eps=eps, steps_per_level=steps_per_level,
+                                    step_convention=step_convention, precision=precision, backend=None,
+                                    denoise=denoise, clamp=clamp, snapshot_every=snapshot_every, device=device)
+        x0 = init_samples((n, *shape), init, sigma=float(sigmas[0]), generator=g, device=device, low=low, high=high)
+        if generator is not None:  # the Philox seed of the steps comes from the generator too
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=g, device=g.device))
+        return sampler.sample(n, seed=seed, x0=x0, mask=mask, known=known)
+    if precision not in (None, "fp32"):
+        raise ValueError(f"precision: the reference sampler (fast=False) runs in fp32, got {precision!r}")
     was_training = model.training
     model.eval()
     chunks, snaps = [], []

@@ -3,7 +3,7 @@ import torch
 
 import fastncsn
 from fastncsn.checkpoint import BUNDLED_PATH, load_checkpoint
-from fastncsn.toy import ToyScoreNet
+from fastncsn.toy import MixtureScoreModel, ToyScoreNet, mode_weight, seed003_mixture
 
 
 def test_sample_bundled_model_offline():
@@ -44,3 +44,30 @@ def test_sample_bad_args():
         fastncsn.sample(model=42)
     with pytest.raises(ValueError, match="backend"):
         fastncsn.sample(ToyScoreNet(num_levels=2), n=1, backend="triton", progress=False)
+
+
+def test_sample_generator_instead_of_seed():
+    model = ToyScoreNet(num_levels=3)
+    a = fastncsn.sample(model, n=4, steps_per_level=3, progress=False, generator=torch.Generator().manual_seed(5))
+    b = fastncsn.sample(model, n=4, steps_per_level=3, progress=False, seed=5)
+    assert torch.equal(a, b)
+
+
+def test_sample_toy_defaults_recover_mixture_weights():
+    """The toy models' own sampling_defaults (snr convention) with the exact score of seed 003's mixture."""
+    model = MixtureScoreModel.from_mixture(seed003_mixture())
+    x = fastncsn.sample(model, n=4000, progress=False, seed=1)
+    assert x.shape == (4000, 2) and torch.isfinite(x).all()
+    assert mode_weight(x) == pytest.approx(0.8, abs=0.03)
+    heavy = x[x.sum(1) > 0]
+    torch.testing.assert_close(heavy.mean(0), torch.tensor([5.0, 5.0]), rtol=0, atol=0.1)
+    assert heavy.std(0).sub(1.0).abs().max() < 0.1
+
+
+def test_sample_clamp_from_sampling_defaults():
+    model = ToyScoreNet(num_levels=2)
+    model.sampling_defaults = dict(model.sampling_defaults, clamp=(-0.5, 0.25))
+    x = fastncsn.sample(model, n=64, steps_per_level=2, progress=False)
+    assert x.min() >= -0.5 and x.max() <= 0.25
+    y = fastncsn.sample(model, n=64, steps_per_level=2, progress=False, clamp=(-0.1, 0.1))
+    assert y.min() >= -0.1 and y.max() <= 0.1

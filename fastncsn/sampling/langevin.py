@@ -268,7 +268,8 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = 2
 
 def hmc_annealed(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = 2e-5, steps_per_level: int = 100,
                  leapfrog_steps: int = 3, generator: Optional[torch.Generator] = None,
-                 step_convention: str = "paper", seed: Optional[int] = None, progress: bool = False):
+                 step_convention: str = "paper", seed: Optional[int] = None, progress: bool = False,
+                 noise_fn=None):
     """EXPERIMENTAL: annealed score-only Hamiltonian Monte Carlo (seed 004 section 5.1).
 
     At each level and iteration the momentum is redrawn, ``p ~ N(0, I)``, and
@@ -280,13 +281,17 @@ def hmc_annealed(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = 2e-5, 
     There is no Metropolis-Hastings correction (it would need ``log p``), so the
     chain is biased; seed 004 reports that it did not converge in their
     experiments.  With ``leapfrog_steps = 1`` one iteration equals a Langevin
-    step with ``alpha = h^2``.
+    step with ``alpha = h^2``.  ``noise_fn(like) -> p`` injects the momentum
+    draws (one per iteration), as in :func:`annealed_langevin`.
     """
     _check_x(x)
     alphas = step_sizes(sigmas, eps, step_convention).to(device=x.device, dtype=x.dtype)
     _check_steps(steps_per_level, "steps_per_level")
     _check_steps(leapfrog_steps, "leapfrog_steps")
     g = make_generator(seed, generator, x.device)
+    if noise_fn is not None and g is not None:
+        raise ValueError("noise_fn: give either noise_fn or seed/generator, not both")
+    draw = noise_fn or (lambda like: _randn(like.shape, like, g))
     n = x.shape[0]
     x = x.clone()
     levels = range(alphas.numel())
@@ -297,7 +302,7 @@ def hmc_annealed(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = 2e-5, 
         labels = _levels(n, i, x.device)
         h = alphas[i].sqrt()
         for _ in range(steps_per_level):
-            p = _randn(x.shape, x, g)
+            p = draw(x)
             s = score_fn(x, labels)
             for _ in range(leapfrog_steps):
                 p = p + h / 2 * s

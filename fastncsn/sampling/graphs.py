@@ -1,0 +1,507 @@
+"""The fast sampler: annealed Langevin dynamics replayed from CUDA graphs.
+
+:class:`GraphSampler` runs the same update as
+:func:`fastncsn.sampling.langevin.annealed_langevin` (seed 003, Algorithm 1)::
+
+    for i = 1..L:  for t = 1..T:   x <- x + alpha_i/2 * s(x, i) + sqrt(alpha_i) * z
+
+but with everything a CUDA graph needs:
+
+* **Static buffers.** The fp32 sample state ``x`` ``[B, ...]``, the fp32 score
+  buffer, the level labels ``[B]`` (int64), the step size ``alpha_i``, ``sigma_i``
+  and the Philox ``seed``/``offset`` (int64) live on the device and are updated
+  in place.  The per-level tables (``alpha``, ``sigma``, level index, ``[L]``)
+  are device tensors too; switching level is three device-to-device copies.
+* **Noise inside the kernel.** ``fastncsn.ops.langevin_step_`` draws ``z`` from
+  the counter-based Philox stream keyed by ``seed`` at counter ``offset``
+  (``fastncsn.reference.langevin_noise_ref``); the offset is advanced on the
+  device after every draw, so each graph replay draws fresh noise.  The draw
+  order is that of ``annealed_langevin(..., noise_fn=...)``: per level first the
+  inpainting noise (with a mask), then one draw per step -- which is how the
+  tests feed the reference sampler the very same noise.
+* **Capture.** After a warm-up on a side stream (which also compiles the Triton
+  kernels), one level's ``T`` steps (``capture="level"``) or one step
+  (``capture="step"``) are captured in a ``torch.cuda.CUDAGraph`` and replayed
+  ``L`` (or ``L*T``) times; inpainting's per-level re-noising of the known
+  pixels and the final denoising step are captured as their own graphs, all in
+  one memory pool.  Nothing in the loop synchronises with the host.
+* **Precision.** ``"bf16"`` runs the network under ``torch.autocast(bfloat16)``
+  (channels-last input) with the state, step and score buffer in fp32;
+  ``"fp32"`` matches the reference sampler within fp32 tolerance.
+* **Snapshots** every ``k`` steps go to a preallocated device buffer
+  ``[L*T // k, B, ...]`` with a device-side write index.
+
+On machines without CUDA (``use_graphs=False``) the very same step functions run
+eagerly on the same static buffers -- that is what CI checks against the
+reference sampler.  :func:`get_graph_sampler` keeps recently used samplers (and
+their captured graphs) in a small module-level cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import OrderedDict
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .. import ops
+from ..reference import langevin_noise_counters, langevin_noise_ref
+from ..schedules import validate_sigmas
+from .langevin import _check_mask, _check_steps, init_samples, step_sizes
+
+__all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "PRECISIONS", "CAPTURE_MODES", "METHODS"]
+
+PRECISIONS = ("fp32", "bf16")
+CAPTURE_MODES = ("level", "step")
+#: "annealed": Langevin (vanilla Langevin is the one-level case); "hmc": EXPERIMENTAL score-only leapfrog
+METHODS = ("annealed", "hmc")
+INITS = ("uniform", "gaussian")
+#: samplers kept by :func:`get_graph_sampler` (each holds its graphs' memory pool)
+CACHE_SIZE = 4
+
+_CACHE: "OrderedDict[tuple, GraphSampler]" = OrderedDict()
+
+
+def _model_device(model) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for t in (*model.parameters(), *model.buffers()):
+            return t.device
+    return torch.device("cpu")
+
+
+def _check_clamp(clamp):
+    if clamp is None:
+        return None
+    ok = isinstance(clamp, (tuple, list)) and len(clamp) == 2 and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) for v in clamp)
+    if not ok:
+        raise ValueError(f"clamp: expected None or a pair (lo, hi) of finite numbers or None, got {clamp!r}")
+    return tuple(clamp)
+
+
+class GraphSampler:
+    """Annealed Langevin sampling (seed 003, Algorithm 1) with static buffers and CUDA graphs.
+
+    Args:
+        model: score function ``model(x, level_index) -> score`` (a fastncsn score
+            model, or any callable; then pass ``sigmas`` and ``data_shape``).
+        batch_size: B, the batch of the static buffers (and of the graphs);
+            :meth:`sample` draws any ``n`` in chunks of B.
+        sigmas: ``[L]`` decreasing ladder (default: ``model.sigmas``).
+        eps, steps_per_level, step_convention: as in ``annealed_langevin``
+            (``alpha_i`` from :func:`fastncsn.sampling.step_sizes`); the defaults
+            are NCSN's sampler (``step_lr`` 2e-5, T = 100, reference convention).
+        precision: ``"bf16"`` (network under bf16 autocast, fp32 state) or
+            ``"fp32"``; ``None``: bf16 on CUDA devices that support it, else fp32.
+        channels_last: feed 4-D inputs to the network in channels-last format
+            (the state itself stays contiguous, so the noise does not depend on it).
+        backend: fused-op backend ("auto" | "triton" | "cuda" | "torch") of the
+            Langevin step, also set on the model's norms when it has
+            ``set_backend``; ``None``: "auto" for the step, the model untouched.
+        use_graphs: capture CUDA graphs (default: on CUDA devices); ``False``
+            runs the same step functions eagerly.
+        capture: ``"level"`` (one graph of T steps, replayed L times) or
+            ``"step"`` (one graph of one step, replayed L*T times).
+        denoise: end with ``x + sigma_L^2 s(x, L)`` (Tweedie; NCSNv2).
+        clamp: optional ``(lo, hi)`` after every step.
+        snapshot_every: k > 0 keeps x after every k-th step (``[L*T // k, n, ...]``).
+        method: ``"annealed"`` or ``"hmc"`` (EXPERIMENTAL score-only HMC,
+            ``leapfrog_steps`` leapfrog steps of size sqrt(alpha_i) per iteration,
+            as :func:`fastncsn.sampling.hmc_annealed`; no inpainting or clamp).
+        levels: model level index per entry of ``sigmas`` (default ``0..L-1``);
+            vanilla Langevin (seed 003 eq. 4) is ``sigmas=[s]``, ``levels=[i]``,
+            ``step_convention="paper"`` (then ``alpha = eps``).
+        init, init_range: starting points when :meth:`sample` gets no ``x0``:
+            ``"uniform"`` on ``init_range`` (NCSN: U[0, 1)) or ``"gaussian"``
+            ``N(0, sigma_1^2)``.
+        data_shape: shape of one sample (default ``model.data_shape``).
+        device: where to sample (default: the model's device).
+        warmup: warm-up runs before capture.
+
+    Attributes ``programs_built`` (step programs built: one per inpainting
+    mode) and ``captures`` (CUDA graphs captured) count the work a cache hit saves.
+    """
+
+    def __init__(self, model: Callable, batch_size: int, sigmas=None, eps: float = 2e-5, steps_per_level: int = 100,
+                 step_convention: str = "reference", precision: Optional[str] = None, channels_last: bool = True,
+                 backend: Optional[str] = "auto", use_graphs: Optional[bool] = None, capture: str = "level",
+                 denoise: bool = False, clamp: Optional[tuple] = None, snapshot_every: int = 0,
+                 method: str = "annealed", leapfrog_steps: int = 3, levels: Optional[Sequence[int]] = None,
+                 init: str = "uniform", init_range: tuple = (0.0, 1.0), data_shape: Optional[Sequence[int]] = None,
+                 device=None, warmup: int = 2):
+        if not callable(model):
+            raise TypeError(f"model: expected a score function model(x, level_index), got {type(model).__name__}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        if capture not in CAPTURE_MODES:
+            raise ValueError(f"capture: expected one of {CAPTURE_MODES}, got {capture!r}")
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        if init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS} or None, got {precision!r}")
+        if not isinstance(snapshot_every, int) or isinstance(snapshot_every, bool) or snapshot_every < 0:
+            raise ValueError(f"snapshot_every: expected an int >= 0, got {snapshot_every!r}")
+        if not isinstance(warmup, int) or warmup < 1:
+            raise ValueError(f"warmup: expected an int >= 1, got {warmup!r}")
+        _check_steps(steps_per_level, "steps_per_level")
+        _check_steps(leapfrog_steps, "leapfrog_steps")
+        self.clamp = _check_clamp(clamp)
+        if method == "hmc" and self.clamp is not None:
+            raise ValueError("clamp: not supported with method='hmc'")
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if use_graphs is None:
+            use_graphs = self.device.type == "cuda"
+        if use_graphs and self.device.type != "cuda":
+            raise ValueError(f"use_graphs: CUDA graphs need a CUDA device, got {self.device}")
+        if precision is None:
+            precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if sigmas is None:
+            if not hasattr(model, "sigmas"):
+                raise ValueError("sigmas: required when the model has no `sigmas`")
+            sigmas = model.sigmas
+        sig = validate_sigmas(sigmas, "sigmas")
+        alphas = step_sizes(sigmas, eps, step_convention)
+        num_levels = sig.numel()
+        levels = list(range(num_levels)) if levels is None else list(levels)
+        if len(levels) != num_levels or not all(isinstance(v, int) and v >= 0 for v in levels):
+            raise ValueError(f"levels: expected {num_levels} ints >= 0 (one per sigma), got {levels!r}")
+        shape = getattr(model, "data_shape", None) if data_shape is None else data_shape
+        if shape is None:
+            raise ValueError("data_shape: required when the model has no `data_shape`")
+        shape = tuple(int(v) for v in shape)
+        if backend is not None and hasattr(model, "set_backend"):
+            model.set_backend(backend)
+        self.step_backend = ops.resolve_backend(backend or "auto", self.device, "langevin_step_")
+
+        self.model, self.batch_size, self.data_shape = model, batch_size, shape
+        self.num_levels, self.steps_per_level = num_levels, steps_per_level
+        self.precision, self.channels_last, self.use_graphs, self.capture = precision, channels_last, use_graphs, capture
+        self.denoise, self.snapshot_every, self.method, self.leapfrog_steps = denoise, snapshot_every, method, leapfrog_steps
+        self.init, self.init_range, self.warmup = init, tuple(init_range), warmup
+        dev, f32 = self.device, torch.float32
+        # per-level tables on the device (Algorithm 1's alpha_i, sigma_i, level index i)
+        self.alpha_table = alphas.to(device=dev, dtype=f32)
+        self.h_table = self.alpha_table.sqrt()
+        self.sigma_table = sig.to(device=dev, dtype=f32)
+        self.level_table = torch.tensor(levels, dtype=torch.long, device=dev)
+        # static buffers
+        b = batch_size
+        self.x = torch.zeros((b, *shape), device=dev, dtype=f32)
+        self.score = torch.zeros_like(self.x)
+        self.labels = torch.zeros(b, dtype=torch.long, device=dev)
+        self.alpha = torch.zeros((), device=dev, dtype=f32)
+        self.h = torch.zeros((), device=dev, dtype=f32)
+        self.sigma = torch.zeros((), device=dev, dtype=f32)
+        self.seed = torch.zeros((), dtype=torch.long, device=dev)
+        self.offset = torch.zeros((), dtype=torch.long, device=dev)
+        self.counters = langevin_noise_counters(self.x.numel())
+        self.mask = self.known = self.known_i = self.p = None
+        if method == "hmc":
+            self.p = torch.zeros_like(self.x)
+        self.num_snapshots = num_levels * steps_per_level // snapshot_every if snapshot_every else 0
+        if snapshot_every:
+            # one spare row: the dynamic pattern writes there when a step takes no snapshot
+            self.snaps = torch.zeros((self.num_snapshots + 1, b, *shape), device=dev, dtype=f32)
+            self.snap_idx = torch.zeros(1, dtype=torch.long, device=dev)
+            self.spare_idx = torch.full((1,), self.num_snapshots, dtype=torch.long, device=dev)
+            self.step_count = torch.zeros(1, dtype=torch.long, device=dev)
+        unit = steps_per_level if capture == "level" else 1
+        # the snapshot steps are the same in every replay of a unit iff the unit length is a multiple of k
+        self._static_snaps = bool(snapshot_every) and unit % snapshot_every == 0
+        self._unit_steps, self._units_per_level = unit, steps_per_level // unit
+        self._programs: dict = {}
+        self._graphs: dict = {}
+        self._pool = None
+        self.programs_built = 0
+        self.captures = 0
+        self.build_seconds = 0.0
+
+    # ------------------------------------------------------------------ step functions (captured or eager)
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def _eval_score(self) -> None:
+        """score <- s(x, labels) in fp32 (the network in bf16 under autocast for precision='bf16')."""
+        xin = self.x
+        if self.channels_last and xin.dim() == 4:
+            xin = xin.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            s = self.model(xin, self.labels)
+        self.score.copy_(s)
+
+    def _draw(self) -> torch.Tensor:
+        """z ~ N(0, I) like x from the Philox stream at the current offset; advances the offset."""
+        z = langevin_noise_ref(self.seed, self.offset, self.x)
+        self.offset.add_(self.counters)
+        return z
+
+    def _set_level(self, i: int) -> None:
+        """Switch to level ``i``: device-to-device copies from the tables, no host sync."""
+        self.labels.copy_(self.level_table[i])
+        self.alpha.copy_(self.alpha_table[i])
+        self.h.copy_(self.h_table[i])
+        self.sigma.copy_(self.sigma_table[i])
+
+    def _begin_level(self) -> None:
+        """Inpainting (seed 003 appendix B.3): known pixels <- known + sigma_i z, drawn once per level."""
+        self.known_i.copy_(self.known + self.sigma * self._draw())
+        self.x.copy_(torch.where(self.mask, self.known_i, self.x))
+
+    def _langevin_step(self, inpaint: bool) -> None:
+        """x <- x + alpha/2 s(x) + sqrt(alpha) z, fused, noise drawn in the kernel; offset advanced."""
+        self._eval_score()
+        ops.langevin_step_(self.x, self.score, self.alpha, self.seed, self.offset,
+                           mask=self.mask if inpaint else None, known=self.known_i if inpaint else None,
+                           clamp=self.clamp, backend=self.step_backend)
+        self.offset.add_(self.counters)
+
+    def _hmc_iteration(self) -> None:
+        """EXPERIMENTAL score-only HMC: p ~ N(0, I), then leapfrog with force s and step h = sqrt(alpha)."""
+        self.p.copy_(self._draw())
+        self._eval_score()
+        for _ in range(self.leapfrog_steps):
+            self.p.add_(self.h / 2 * self.score)
+            self.x.add_(self.h * self.p)
+            self._eval_score()
+            self.p.add_(self.h / 2 * self.score)
+
+    def _snapshot(self, t: int) -> None:
+        k = self.snapshot_every
+        if not k:
+            return
+        if self._static_snaps:
+            if (t + 1) % k == 0:
+                self.snaps.index_copy_(0, self.snap_idx, self.x.unsqueeze(0))
+                self.snap_idx.add_(1)
+            return
+        self.step_count.add_(1)
+        take = torch.remainder(self.step_count, k) == 0
+        self.snaps.index_copy_(0, torch.where(take, self.snap_idx, self.spare_idx), self.x.unsqueeze(0))
+        self.snap_idx.add_(take.long())
+
+    def _unit(self, inpaint: bool) -> None:
+        """One replay unit: T steps (capture='level') or one step (capture='step')."""
+        for t in range(self._unit_steps):
+            if self.method == "hmc":
+                self._hmc_iteration()
+            else:
+                self._langevin_step(inpaint)
+            self._snapshot(t)
+
+    def _final(self, inpaint: bool) -> None:
+        """Denoising step x <- x + sigma_L^2 s(x, L) (Tweedie), at the last level's labels."""
+        self._eval_score()
+        self.x.add_(self.sigma ** 2 * self.score)
+        if inpaint:
+            self.x.copy_(torch.where(self.mask, self.known, self.x))
+
+    # ------------------------------------------------------------------ programs: eager or captured
+
+    def _program(self, inpaint: bool) -> dict:
+        prog = self._programs.get(inpaint)
+        if prog is not None:
+            return prog
+        start = time.perf_counter()
+        if inpaint and self.mask is None:
+            self.mask = torch.zeros(self.x.shape, dtype=torch.bool, device=self.device)
+            self.known = torch.zeros_like(self.x)
+            self.known_i = torch.zeros_like(self.x)
+        bodies = {}
+        if inpaint:
+            bodies["begin"] = self._begin_level
+        bodies["unit"] = lambda: self._unit(inpaint)
+        if self.denoise:
+            bodies["final"] = lambda: self._final(inpaint)
+        prog = self._capture(bodies, inpaint) if self.use_graphs else bodies
+        self._programs[inpaint] = prog
+        self.programs_built += 1
+        self.build_seconds = time.perf_counter() - start
+        return prog
+
+    def _capture(self, bodies: dict, inpaint: bool) -> dict:
+        """Warm up on a side stream (compiles the kernels), then capture each body in one memory pool."""
+        dev = self.device
+        self._set_level(0)
+        main = torch.cuda.current_stream(dev)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                if inpaint:
+                    bodies["begin"]()
+                if self.method == "hmc":
+                    self._hmc_iteration()
+                else:
+                    self._langevin_step(inpaint)
+                if self.denoise:
+                    bodies["final"]()
+        main.wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graphs = {}
+        for name, fn in bodies.items():
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self._pool):
+                fn()
+            graphs[name] = g
+            self.captures += 1
+        self._graphs[inpaint] = graphs
+        return {name: g.replay for name, g in graphs.items()}
+
+    def _run(self, prog: dict) -> None:
+        for i in range(self.num_levels):
+            self._set_level(i)
+            if "begin" in prog:
+                prog["begin"]()
+            for _ in range(self._units_per_level):
+                prog["unit"]()
+        if "final" in prog:
+            prog["final"]()
+
+    def prepare(self, inpaint: bool = False) -> "GraphSampler":
+        """Build (warm up and capture) the step program now rather than on the first :meth:`sample`."""
+        with torch.no_grad():
+            self._program(bool(inpaint))
+        return self
+
+    # ------------------------------------------------------------------ public
+
+    def _initial(self, n: int, seed: int, x0) -> torch.Tensor:
+        shape = (n, *self.data_shape)
+        if x0 is None:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(seed)
+            lo, hi = self.init_range
+            return init_samples(shape, self.init, sigma=float(self.sigma_table[0]), generator=g,
+                                device=self.device, low=lo, high=hi)
+        if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != shape or not x0.is_floating_point():
+            got = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise ValueError(f"x0: expected a floating-point tensor of shape {shape}, got {got}")
+        if not bool(torch.isfinite(x0).all()):
+            raise ValueError("x0: contains NaN or inf")
+        return x0.to(device=self.device, dtype=torch.float32)
+
+    @staticmethod
+    def _load(buf: torch.Tensor, chunk: torch.Tensor) -> None:
+        """Copy a chunk of m <= B rows into a static buffer; the spare rows repeat the last row."""
+        m = chunk.shape[0]
+        buf[:m].copy_(chunk)
+        if m < buf.shape[0]:
+            buf[m:].copy_(chunk[-1:].expand(buf.shape[0] - m, *chunk.shape[1:]))
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: Optional[int] = 0, x0: Optional[torch.Tensor] = None,
+               mask: Optional[torch.Tensor] = None, known: Optional[torch.Tensor] = None):
+        """Draw ``n`` samples, in chunks of ``batch_size`` replaying the captured program.
+
+        Args:
+            n: number of samples.
+            seed: int in [0, 2**63): keys the Philox noise of the steps (counters
+                start at 0 and run on across chunks) and, without ``x0``, the
+                generator of the starting points; ``None`` picks one at random.
+            x0: optional ``[n, *data_shape]`` starting points.
+            mask, known: inpainting -- ``mask`` 1 at known pixels, ``known`` the
+                data there (both broadcastable to ``[n, *data_shape]``).
+
+        Returns:
+            ``[n, *data_shape]`` fp32 samples on the sampler's device, and the
+            ``[L*T // k, n, *data_shape]`` snapshots when ``snapshot_every = k``.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n: expected an int >= 1, got {n!r}")
+        if seed is None:
+            seed = int(torch.randint(0, 2 ** 62, (1,)))
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed: expected an int in [0, 2**63) or None, got {seed!r}")
+        x0 = self._initial(n, seed, x0)
+        inpaint = mask is not None or known is not None
+        if inpaint:
+            if self.method == "hmc":
+                raise ValueError("mask: inpainting is not supported with method='hmc'")
+            mask, known = _check_mask(mask, known, x0)
+        model = self.model if isinstance(self.model, torch.nn.Module) else None
+        was_training = model.training if model is not None else False
+        if model is not None:
+            model.eval()
+        try:
+            prog = self._program(inpaint)
+            out = torch.empty_like(x0)
+            snaps = x0.new_empty((self.num_snapshots, n, *self.data_shape)) if self.snapshot_every else None
+            self.seed.fill_(seed)
+            self.offset.zero_()
+            for start in range(0, n, self.batch_size):
+                m = min(self.batch_size, n - start)
+                self._load(self.x, x0[start:start + m])
+                if inpaint:
+                    self._load(self.mask, mask.expand_as(x0)[start:start + m])
+                    self._load(self.known, known[start:start + m])
+                if snaps is not None:
+                    self.snap_idx.zero_()
+                    self.step_count.zero_()
+                self._run(prog)
+                out[start:start + m].copy_(self.x[:m])
+                if snaps is not None:
+                    snaps[:, start:start + m].copy_(self.snaps[:self.num_snapshots, :m])
+        finally:
+            if model is not None:
+                model.train(was_training)
+        return (out, snaps) if snaps is not None else out
+
+
+# ---------------------------------------------------------------------- cache
+
+
+def _frozen(v):
+    if isinstance(v, torch.Tensor):
+        return ("tensor", tuple(v.detach().flatten().tolist()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(u) for u in v)
+    if isinstance(v, torch.device):
+        return str(v)
+    return v
+
+
+def _cache_key(model, batch_size: int, settings: dict) -> tuple:
+    storage = ()
+    if isinstance(model, torch.nn.Module):
+        # re-allocated weights (e.g. model.to(other device)) must not replay a stale graph
+        storage = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
+    device = settings.get("device")
+    device = str(torch.device(device)) if device is not None else str(_model_device(model))
+    return (id(model), storage, device, batch_size,
+            tuple(sorted((k, _frozen(v)) for k, v in settings.items() if k != "device")))
+
+
+def get_graph_sampler(model: Callable, batch_size: int, **settings) -> GraphSampler:
+    """A :class:`GraphSampler` for ``model``, ``batch_size`` and ``settings``, reused from a module-level
+    cache (least recently used first out, ``CACHE_SIZE`` entries) so that a second call with the same
+    model, shape and settings replays the graphs captured by the first.
+
+    The graphs read the model's weights where they are: in-place updates (``load_state_dict``,
+    an optimizer step) are seen; moving the model re-allocates them and builds a new sampler.
+    Call :func:`clear_graph_cache` to free the graphs' memory.
+    """
+    key = _cache_key(model, batch_size, settings)
+    sampler = _CACHE.get(key)
+    if sampler is not None and sampler.model is model:
+        _CACHE.move_to_end(key)
+        return sampler
+    sampler = GraphSampler(model, batch_size, **settings)
+    _CACHE[key] = sampler
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return sampler
+
+
+def clear_graph_cache() -> None:
+    """Drop every cached :class:`GraphSampler` (and with it the graphs and their memory pools)."""
+    _CACHE.clear()
