@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps-per-level", type=int, default=100, help="T for the step-size suggestion")
     c.add_argument("--max-points", type=int, default=5000, help="images used for --sigma-1 data")
     c.set_defaults(func=_cmd_schedule)
+
+    from .experiments.cli import add_experiment_parser
+    add_experiment_parser(sub)
     return p
 
 
@@ -309,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
     try:
-        args.func(args)
+        rc = args.func(args)
     except (CLIError, CheckpointError, ValueError, TypeError, FileNotFoundError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"fastncsn: error: {msg}", file=sys.stderr)
@@ -317,7 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("fastncsn: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return int(rc or 0)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,43 @@
-"""Reproductions of the papers' experiments, runnable as modules.
+"""Reproductions of the papers' experiments, runnable as modules or as ``fastncsn experiment <name>``.
 
-* ``python -m fastncsn.experiments.mode_weights`` -- seed 004 Table 1 (mixture
-  weights recovered by annealed Langevin with exact scores).
-* ``python -m fastncsn.experiments.schedules`` -- seed 000 Figure 1 (the five
-  ladders) and their overlap probabilities (Proposition 2): table, CSV, plot.
+* ``schedules-study`` (:mod:`.schedule_study`) -- seed 000 Figures 2-4: one model per
+  noise schedule on the embedded digits, scored with digits-FID.
+* ``initial-noise`` (:mod:`.initial_noise`) -- seed 000 section 7, Figures 13-14:
+  sigma_1 = 1 vs 30 with L = 200, class histograms of the samples.
+* ``mode-weights`` (:mod:`.mode_weights`) -- seed 004 Table 1 (mixture weights
+  recovered by annealed Langevin with exact scores).
+* ``score-norm`` (:mod:`.score_norm`) -- seed 004 Figure 5: E||s(x, sigma)|| against
+  sigma for a trained model (the 1/sigma law).
+* ``schedules`` (:mod:`.schedules`) -- seed 000 Figure 1 (the five ladders) and their
+  overlap probabilities (Proposition 2): table, CSV, plot.
+* ``pictures`` (:mod:`.pictures`) -- sample grid, annealing strip and GIF (seed 003
+  Figure 4), nearest training neighbours (seed 003 appendix C.2).
+
+The training experiments share one recipe, :data:`CPU_DIGITS_RECIPE` (the "CPU full"
+defaults), and a CI preset, :data:`QUICK_RECIPE` (``--quick``: a few steps of a
+tiny model; its numbers mean nothing and the outputs say so).
 """
+
+#: Training and sampling recipe of the digits experiments on a CPU (provisional; change it here).
+#: Training: CondRefineNetDilated(ngf) with DSM, Adam(lr), ``steps`` steps of ``batch_size``
+#: images, optional EMA of the weights (``ema_rate``; None = raw weights).  Sampling:
+#: annealed Langevin with ``eps`` in ``step_convention``, ``steps_per_level`` steps per
+#: level, final denoising step, ``sample_n`` samples drawn ``sample_batch`` at a time.
+CPU_DIGITS_RECIPE = dict(
+    ngf=8,
+    batch_size=64,
+    lr=2e-3,
+    steps=1500,
+    ema_rate=None,
+    sample_n=500,
+    sample_batch=250,
+    steps_per_level=20,
+    eps=1e-4,
+    step_convention="reference",
+    denoise=True,
+    seed=0,
+)
+
+#: ``--quick``: end-to-end smoke test for CI (seconds); the numbers it prints are meaningless.
+QUICK_RECIPE = dict(CPU_DIGITS_RECIPE, ngf=4, batch_size=8, steps=2, sample_n=16, sample_batch=16,
+                    steps_per_level=1)

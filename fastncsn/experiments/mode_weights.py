@@ -124,6 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if a.n < 1:
             raise ValueError(f"--n: expected >= 1, got {a.n}")
+        if a.levels < 2:
+            raise ValueError(f"--levels: expected L >= 2, got {a.levels}")
         sigmas = get_sigmas("geometric", a.sigma_1, a.sigma_L, a.levels)
     except ValueError as exc:
         print(f"mode_weights: error: {exc}", file=sys.stderr)

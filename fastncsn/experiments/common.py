@@ -1,0 +1,249 @@
+"""Shared pieces of the experiment modules: recipe arguments, training and sampling on the
+embedded digits, table writers (Markdown + CSV) and the ``main`` wrapper with one-line errors."""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from . import CPU_DIGITS_RECIPE, QUICK_RECIPE
+
+QUICK_NOTE = ("**`--quick` run: a tiny model trained for a few steps and a handful of samples -- a CI smoke "
+              "test. The numbers below are meaningless.**")
+
+_RECIPE_ARGS = (  # (dest, type, help)
+    ("steps", int, "training steps per model"),
+    ("ngf", int, "width of CondRefineNetDilated"),
+    ("batch_size", int, "training batch size"),
+    ("lr", float, "Adam learning rate"),
+    ("ema_rate", float, "EMA rate of the weights (e.g. 0.999; default: raw weights)"),
+    ("sample_n", int, "number of samples per model"),
+    ("sample_batch", int, "samples drawn at once"),
+    ("steps_per_level", int, "Langevin steps per noise level (T)"),
+    ("eps", float, "Langevin step size (in --step-convention)"),
+    ("seed", int, "training and sampling seed"),
+)
+
+
+class ExperimentError(ValueError):
+    """A bad experiment configuration (reported as one line, exit status 2)."""
+
+
+def add_common_arguments(p: argparse.ArgumentParser, training: bool = True) -> None:
+    """``--out-dir``, ``--quick``, ``--threads``, ``--quiet`` and (``training``) the recipe overrides."""
+    p.add_argument("--out-dir", help="where the .md, .csv and .png files go (default docs/results; with "
+                   "--quick: quick-results)")
+    p.add_argument("--quick", action="store_true", help="CI smoke-test preset (seconds; meaningless numbers)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if training:
+        g = p.add_argument_group("recipe (defaults: fastncsn.experiments.CPU_DIGITS_RECIPE, or QUICK_RECIPE "
+                                 "with --quick)")
+        for dest, typ, hlp in _RECIPE_ARGS:
+            g.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, help=hlp)
+        g.add_argument("--step-convention", choices=["paper", "reference", "snr"])
+        g.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
+                       help="final denoising step")
+        p.add_argument("--runs-dir", help="where the trained models are kept and reused (default runs/experiments; "
+                       "with --quick: <out-dir>/runs)")
+
+
+def resolve_dirs(a: argparse.Namespace) -> None:
+    """Fill in the default ``--out-dir`` (and ``--runs-dir``); ``--quick`` never writes into docs/ by default."""
+    if a.out_dir is None:
+        a.out_dir = "quick-results" if a.quick else "docs/results"
+    if hasattr(a, "runs_dir") and a.runs_dir is None:
+        a.runs_dir = os.path.join(a.out_dir, "runs") if a.quick else os.path.join("runs", "experiments")
+
+
+def resolve_recipe(quick: bool = False, overrides: Optional[dict] = None) -> dict:
+    """The recipe: ``QUICK_RECIPE`` or ``CPU_DIGITS_RECIPE`` updated with the non-None ``overrides``."""
+    r = dict(QUICK_RECIPE if quick else CPU_DIGITS_RECIPE)
+    for k, v in (overrides or {}).items():
+        if k not in r:
+            raise ExperimentError(f"recipe: unknown key {k!r} (known: {', '.join(r)})")
+        if v is not None:
+            r[k] = v
+    for k in ("ngf", "batch_size", "steps", "sample_n", "sample_batch", "steps_per_level"):
+        if not isinstance(r[k], int) or isinstance(r[k], bool) or r[k] < 1:
+            raise ExperimentError(f"--{k.replace('_', '-')}: expected an int >= 1, got {r[k]!r}")
+    for k in ("lr", "eps"):
+        if not r[k] > 0:
+            raise ExperimentError(f"--{k}: expected > 0, got {r[k]!r}")
+    if r["ema_rate"] is not None and not 0.0 < r["ema_rate"] < 1.0:
+        raise ExperimentError(f"--ema-rate: expected a rate in (0, 1), got {r['ema_rate']!r}")
+    return r
+
+
+def recipe_overrides(a: argparse.Namespace) -> dict:
+    """The recipe values given on the command line (for ``resolve_recipe``)."""
+    over = {dest: getattr(a, dest) for dest, _, _ in _RECIPE_ARGS}
+    over.update(step_convention=a.step_convention, denoise=a.denoise)
+    return {k: v for k, v in over.items() if v is not None}
+
+
+def recipe_text(r: dict) -> str:
+    """The recipe in one sentence (for the Markdown pages)."""
+    ema = f", EMA {r['ema_rate']:g}" if r["ema_rate"] else ""
+    return (f"CondRefineNetDilated ngf {r['ngf']}, {r['steps']} DSM steps of {r['batch_size']} images, Adam lr "
+            f"{r['lr']:g}{ema}, seed {r['seed']}; sampling T = {r['steps_per_level']} per level, eps = {r['eps']:g} "
+            f"({r['step_convention']} convention), {'with' if r['denoise'] else 'without'} final denoising, "
+            f"{r['sample_n']} samples")
+
+
+def check_levels(num_levels: int, sigma_1: float, sigma_L: float) -> None:
+    if not isinstance(num_levels, int) or num_levels < 2:
+        raise ExperimentError(f"--num-levels: expected L >= 2, got {num_levels!r}")
+    if not (sigma_1 > sigma_L > 0):
+        raise ExperimentError(f"--sigma-1/--sigma-L: expected sigma_1 > sigma_L > 0, got {sigma_1} and {sigma_L}")
+
+
+def check_schedules(names: Sequence[str]) -> list:
+    from ..schedules import SCHEDULES
+    names = list(names)
+    bad = [s for s in names if s not in SCHEDULES]
+    if bad or not names:
+        raise ExperimentError(f"--schedules: expected names from {', '.join(SCHEDULES)}, got {bad or names!r}")
+    return names
+
+
+def check_file(path: Optional[str], what: str) -> None:
+    if path is not None and not os.path.isfile(path):
+        raise ExperimentError(f"{what}: no such file {path!r}")
+
+
+def fid_scorer(classifier: Optional[str]) -> Callable[[torch.Tensor], float]:
+    """digits-FID against all embedded digits, with the shipped classifier or the one at ``classifier``."""
+    from .. import metrics
+    if classifier is None:
+        if not metrics.DIGITS_CLASSIFIER_PATH.is_file():
+            raise ExperimentError(f"digits classifier weights missing ({metrics.DIGITS_CLASSIFIER_PATH}); create "
+                                  "them with  python -m fastncsn.metrics --train-digits-classifier")
+        return metrics.digits_fid
+    check_file(classifier, "--classifier")
+    net = metrics.load_digits_classifier(classifier)
+    ref = metrics.compute_feature_stats(metrics.embedded_digits()[0], net.features, 512)
+    return lambda x: metrics.fid(x, (ref.mean(), ref.cov()), net.features, 512)
+
+
+def classifier_module(classifier: Optional[str]):
+    from .. import metrics
+    check_file(classifier, "--classifier")
+    return metrics.load_digits_classifier(classifier)
+
+
+def run_name(schedule: str, num_levels: int, sigma_1: float, sigma_L: float, r: dict) -> str:
+    return (f"{schedule}_L{num_levels}_s{sigma_1:g}-{sigma_L:g}_ngf{r['ngf']}_bs{r['batch_size']}_lr{r['lr']:g}"
+            f"_seed{r['seed']}")
+
+
+def train_digits(run_dir: str, schedule: str, num_levels: int, sigma_1: float, sigma_L: float, r: dict,
+                 progress: bool = False):
+    """Train (or resume, or reuse a finished run in ``run_dir``) a digits model; returns ``(model, seconds)``.
+
+    With ``r["ema_rate"]`` the EMA weights of the last checkpoint are returned.
+    """
+    from ..checkpoint import load
+    from ..training import find_checkpoints, train
+    t0 = time.time()
+    model = train(None, data="digits", steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], out_dir=run_dir,
+                  checkpoint_every=max(1, min(500, r["steps"])), keep_last=1, ema_rate=r["ema_rate"],
+                  seed=r["seed"], progress=progress, ngf=r["ngf"], num_levels=num_levels, sigma_1=sigma_1,
+                  sigma_L=sigma_L, schedule=schedule, extra={"experiment_recipe": dict(r)})
+    if r["ema_rate"]:
+        model = load(find_checkpoints(run_dir)[0], ema=True)
+    return model, time.time() - t0
+
+
+def sample_digits(model, r: dict, progress: bool = False, init: Optional[str] = None, snapshot_every: int = 0):
+    """``r["sample_n"]`` samples of ``model`` with the recipe's sampler, clamped to [0, 1]; ``(x, seconds)``."""
+    from ..api import sample
+    t0 = time.time()
+    out = sample(model, n=r["sample_n"], steps_per_level=r["steps_per_level"], eps=r["eps"],
+                 step_convention=r["step_convention"], denoise=r["denoise"], seed=r["seed"], init=init,
+                 batch_size=r["sample_batch"], progress=progress, snapshot_every=snapshot_every, fast=False)
+    x = out[0] if snapshot_every else out
+    return x.clamp(0, 1), time.time() - t0
+
+
+def last_loss(run_dir: str) -> Optional[float]:
+    """The last logged training loss of ``run_dir`` (None when there is no log)."""
+    import json
+    path = os.path.join(run_dir, "train_log.jsonl")
+    if not os.path.isfile(path):
+        return None
+    lines = [ln for ln in open(path).read().splitlines() if ln.strip()]
+    return float(json.loads(lines[-1])["loss"]) if lines else None
+
+
+def fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Optional[Sequence[str]] = None) -> str:
+    head = headers or columns
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
+
+
+def write_markdown(path: str, title: str, command: str, body: str, quick: bool) -> None:
+    import datetime
+    import platform
+    head = f"# {title}\n\nGenerated by `{command}` on {datetime.date.today().isoformat()} " \
+           f"({platform.machine()} CPU, {torch.get_num_threads()} threads).\n\n"
+    with open(path, "w") as f:
+        f.write(head + (QUICK_NOTE + "\n\n" if quick else "") + body.rstrip() + "\n")
+
+
+def command_line(name: str, argv: Optional[Sequence[str]]) -> str:
+    args = list(argv if argv is not None else sys.argv[1:])
+    return " ".join(["fastncsn experiment", name] + args)
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def run_main(name: str, parser: argparse.ArgumentParser, execute: Callable[[argparse.Namespace, str], object],
+             argv: Optional[Sequence[str]]) -> int:
+    """Parse ``argv``, apply ``--threads``, run ``execute(args, command)``; expected failures -> one line, 2."""
+    from ..checkpoint import CheckpointError
+    a = parser.parse_args(argv)
+    resolve_dirs(a)
+    if getattr(a, "threads", 0):
+        torch.set_num_threads(a.threads)
+    try:
+        execute(a, command_line(name, argv))
+    except (ExperimentError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"fastncsn experiment {name}: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def parse_list(text: str, typ=str) -> list:
+    try:
+        return [typ(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ExperimentError(f"expected a comma-separated list of {typ.__name__}, got {text!r}") from None

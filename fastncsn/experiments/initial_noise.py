@@ -1,0 +1,165 @@
+"""Seed 000 section 7, Figures 13-14: does a larger sigma_1 spread the samples over the classes?
+
+For each sigma_1 (default 1 and 30) a model with a geometric ladder of L = 200 levels
+down to sigma_L = 0.01 is trained on the embedded digits and sampled; the shipped
+digits classifier labels the samples and :func:`fastncsn.metrics.class_histogram`
+gives per-class proportions with 95% Wilson intervals.  The report's finding: with
+sigma_1 = 1 no class's interval reaches 10%, with sigma_1 = 30 eight of ten do.
+
+Reduced for the CPU (see ``docs/results.md``): the recipe's small model and short
+training (``CPU_DIGITS_RECIPE``), 500 samples, and T = 2 Langevin steps per level
+(400 steps in all) where the report used T = 100.  The starting points are
+``N(0, sigma_1^2 I)`` (``--init uniform`` for U[0, 1)).  The embedded digits are
+nearly balanced (each class 9.7-10.2%), so uniform 1/10 is also the data's histogram.
+
+Writes ``initial_noise.md``/``.csv`` (one row per class and sigma_1), ``initial_noise.png``
+(the histograms side by side) and ``initial_noise_samples.png`` (one row block per sigma_1).
+
+Run: ``fastncsn experiment initial-noise [--quick] [--sigma-1s 1,30] [--num-levels 200] ...``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import common
+
+NAME = "initial_noise"
+#: seed 000 section 7: classes whose 95% interval contains 10%, MNIST
+REPORT_COVERING = {1.0: 0, 30.0: 8}
+COLUMNS = ("sigma_1", "class", "count", "proportion", "ci_low", "ci_high", "covers_uniform")
+SUMMARY_COLUMNS = ("sigma_1", "num_levels", "classes_covering_10pct", "report_classes_covering_10pct",
+                   "max_abs_dev_from_uniform", "digits_fid", "sample_n", "train_s", "sample_s")
+#: CPU default: T per level (the report: 100); 200 levels x 2 steps = 400 network calls per sample
+CPU_STEPS_PER_LEVEL = 2
+
+
+def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L: float = 0.01,
+        schedule: str = "geometric", recipe: Optional[dict] = None, out_dir: str = "docs/results",
+        quick: bool = False, classifier: Optional[str] = None, init: str = "gaussian", progress: bool = False,
+        command: Optional[str] = None, runs_dir: Optional[str] = None) -> tuple:
+    """Train and sample one model per ``sigma_1``; class histograms, table, CSV and plot.
+
+    Args:
+        sigma_1s: the largest noise levels to compare (each > ``sigma_L``).
+        num_levels, sigma_L, schedule: the rest of the ladder (L >= 2).
+        recipe: overrides of ``CPU_DIGITS_RECIPE`` (``QUICK_RECIPE`` when ``quick``);
+            ``steps_per_level`` defaults to ``CPU_STEPS_PER_LEVEL`` here.
+        classifier: digits classifier weights (labels and FID; default: the shipped one).
+        init: ``"gaussian"`` (N(0, sigma_1^2)) or ``"uniform"`` (U[0, 1)) starting points.
+
+    Returns:
+        ``(rows, summary)``: one row per (sigma_1, class) with ``COLUMNS`` and one summary
+        row per sigma_1 with ``SUMMARY_COLUMNS``.
+    """
+    from ..cli import save_grid
+    from ..metrics import class_histogram
+    sigma_1s = [float(s) for s in sigma_1s]
+    if not sigma_1s:
+        raise common.ExperimentError("--sigma-1s: expected at least one value")
+    common.check_schedules([schedule])
+    for s1 in sigma_1s:
+        common.check_levels(num_levels, s1, sigma_L)
+    if init not in ("gaussian", "uniform"):
+        raise common.ExperimentError(f"--init: expected gaussian or uniform, got {init!r}")
+    over = dict(recipe or {})
+    if not quick:
+        over.setdefault("steps_per_level", CPU_STEPS_PER_LEVEL)
+    r = common.resolve_recipe(quick, over)
+    net = common.classifier_module(classifier)
+    score = common.fid_scorer(classifier)
+    os.makedirs(out_dir, exist_ok=True)
+    rows, summary, hists, grids = [], [], {}, []
+    for s1 in sigma_1s:
+        run_dir = os.path.join(runs_dir or os.path.join(out_dir, "runs"),
+                               common.run_name(schedule, num_levels, s1, sigma_L, r))
+        model, t_train = common.train_digits(run_dir, schedule, num_levels, s1, sigma_L, r, progress)
+        x, t_sample = common.sample_digits(model, r, progress, init=init)
+        h = class_histogram(x, classifier=net)
+        hists[s1] = h
+        grids.append(x[:20])
+        cover = h.covers(0.1)
+        for k in range(h.num_classes):
+            rows.append(dict(sigma_1=s1, **{"class": k}, count=int(h.counts[k]), proportion=float(h.proportions[k]),
+                             ci_low=float(h.lower[k]), ci_high=float(h.upper[k]), covers_uniform=bool(cover[k])))
+        summary.append(dict(sigma_1=s1, num_levels=num_levels, classes_covering_10pct=int(cover.sum()),
+                            report_classes_covering_10pct=REPORT_COVERING.get(s1),
+                            max_abs_dev_from_uniform=float(np.abs(h.proportions - 0.1).max()),
+                            digits_fid=float(score(x)), sample_n=int(x.shape[0]), train_s=round(t_train, 1),
+                            sample_s=round(t_sample, 1)))
+        if progress:
+            print(f"sigma_1 = {s1:g}: {int(cover.sum())} of 10 class intervals contain 10%")
+
+    common.write_csv(os.path.join(out_dir, NAME + ".csv"), rows, COLUMNS)
+    _plot(hists, os.path.join(out_dir, NAME + ".png"))
+    save_grid(torch.cat(grids), os.path.join(out_dir, NAME + "_samples.png"), nrow=grids[0].shape[0], scale=2)
+    body = (f"Seed 000 section 7 (Figures 13-14) on the embedded digits: {schedule} ladder, L = {num_levels}, "
+            f"sigma_L = {sigma_L:g}, starting points {'N(0, sigma_1^2 I)' if init == 'gaussian' else 'U[0, 1)'}. "
+            f"Recipe: {common.recipe_text(r)}. Labels: the shipped digits classifier; intervals: 95% Wilson, "
+            f"per class.\n\n" + common.markdown_table(summary, SUMMARY_COLUMNS) + "\n\n"
+            + _class_table(hists) + f"\n\n![class histograms]({NAME}.png)\n\n"
+            f"Samples (the first 20 of each sigma_1, in table order):\n\n![samples]({NAME}_samples.png)\n")
+    common.write_markdown(os.path.join(out_dir, NAME + ".md"), "Initial noise and class coverage (seed 000 section 7)",
+                          command or "fastncsn experiment initial-noise", body, quick)
+    return rows, summary
+
+
+def _class_table(hists: dict) -> str:
+    keys = list(hists)
+    lines = ["| class | " + " | ".join(f"sigma_1 = {s:g}: proportion [95% CI]" for s in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for k in range(10):
+        cells = [f"{h.proportions[k]:.3f} [{h.lower[k]:.3f}, {h.upper[k]:.3f}]" + (" *" if h.covers(0.1)[k] else "")
+                 for h in hists.values()]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n`*`: the interval contains the uniform 10%."
+
+
+def _plot(hists: dict, path: str) -> None:
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, len(hists), figsize=(5 * len(hists), 3.6), squeeze=False, sharey=True)
+    for ax, (s1, h) in zip(axes[0], hists.items()):
+        err = np.stack([h.proportions - h.lower, h.upper - h.proportions])
+        ax.bar(np.arange(10), h.proportions, yerr=err, capsize=3, color="#4c72b0", label="95% Wilson interval")
+        ax.axhline(0.1, color="#c44e52", linestyle="--", linewidth=1, label="uniform 10%")
+        ax.set_xticks(np.arange(10))
+        ax.set_xlabel("predicted class")
+        ax.set_title(f"sigma_1 = {s1:g} (n = {h.n}, {int(h.covers(0.1).sum())}/10 cover 10%)")
+    axes[0][0].set_ylabel("proportion of samples")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+
+
+def build_parser(prog: str = "fastncsn experiment initial-noise") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p.add_argument("--sigma-1s", default="1,30", help="comma-separated largest noise levels (default 1,30)")
+    p.add_argument("--num-levels", type=int, help="L (default 200; with --quick 20)")
+    p.add_argument("--sigma-L", type=float, default=0.01)
+    p.add_argument("--schedule", default="geometric")
+    p.add_argument("--init", default="gaussian", help="gaussian (N(0, sigma_1^2)) or uniform (U[0, 1))")
+    p.add_argument("--classifier", help="digits classifier weights (default: the shipped one)")
+    common.add_common_arguments(p)
+    return p
+
+
+def _execute(a: argparse.Namespace, command: str) -> tuple:
+    L = a.num_levels if a.num_levels is not None else (20 if a.quick else 200)
+    rows, summary = run(common.parse_list(a.sigma_1s, float), L, a.sigma_L, a.schedule,
+                        recipe=common.recipe_overrides(a), out_dir=a.out_dir, quick=a.quick, classifier=a.classifier,
+                        init=a.init, progress=not a.quiet, command=command, runs_dir=a.runs_dir)
+    print(common.markdown_table(summary, SUMMARY_COLUMNS))
+    print(f"written {a.out_dir}/{NAME}.md, .csv, .png, _samples.png")
+    return rows, summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return common.run_main("initial-noise", build_parser(), _execute, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

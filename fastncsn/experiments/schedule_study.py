@@ -1,0 +1,158 @@
+"""Seed 000 Figures 2-4: which noise schedule gives the best samples?
+
+One CondRefineNetDilated per schedule (geometric, linear, cosine, squared cosine,
+sigmoid; L levels from sigma_1 to sigma_L, rescaled onto those endpoints) is
+trained with DSM on the embedded digits and sampled with annealed Langevin
+dynamics; the samples are scored with digits-FID (FID in the 64-d feature space
+of the shipped digits classifier, against all 1797 embedded digits).  Besides the
+table (``schedules_study.md``/``.csv``) it writes a bar plot of the FIDs beside the
+report's MNIST FIDs (``schedules_study.png``) and one row of samples per schedule
+(``schedules_study_samples.png``).  The FID of ``sample_n`` real digits is printed
+as the floor that a perfect model would reach with this many samples.
+
+Trained models are kept in ``<runs-dir>/<schedule>_L..`` (default
+``runs/experiments``) and reused (or resumed) by a later run with the same settings.
+
+Run: ``fastncsn experiment schedules-study [--quick] [--schedules geometric,sigmoid] [--steps N] ...``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from . import common
+from ..schedules import SCHEDULES
+
+NAME = "schedules_study"
+#: seed 000 Figure 2 (MNIST, Inception FID, L = 10, sigma 1 -> 0.01, T = 100, eps = 2e-5)
+REPORT_MNIST_FID = {"geometric": 43.33, "linear": 70.97, "cosine": 130.70, "squared_cosine": 40.44, "sigmoid": 32.46}
+COLUMNS = ("schedule", "digits_fid", "report_mnist_fid", "rank", "report_rank", "final_loss", "train_steps",
+           "sample_n", "train_s", "sample_s")
+
+
+def _ranks(values: dict) -> dict:
+    order = sorted(values, key=lambda k: values[k])
+    return {k: order.index(k) + 1 for k in values}
+
+
+def spearman(a: dict, b: dict) -> Optional[float]:
+    """Spearman rank correlation of two ``{key: value}`` maps over their common keys (None if < 3 keys)."""
+    keys = [k for k in a if k in b]
+    if len(keys) < 3:
+        return None
+    ra, rb = _ranks({k: a[k] for k in keys}), _ranks({k: b[k] for k in keys})
+    n = len(keys)
+    d2 = sum((ra[k] - rb[k]) ** 2 for k in keys)
+    return 1.0 - 6.0 * d2 / (n * (n * n - 1))
+
+
+def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: float = 1.0, sigma_L: float = 0.01,
+        recipe: Optional[dict] = None, out_dir: str = "docs/results", quick: bool = False,
+        classifier: Optional[str] = None, progress: bool = False, command: Optional[str] = None,
+        runs_dir: Optional[str] = None) -> list:
+    """Train, sample and score one model per schedule; write the table, CSV and plots.
+
+    Args:
+        schedules: names from ``fastncsn.schedules.SCHEDULES``.
+        num_levels, sigma_1, sigma_L: the ladder (L >= 2, sigma_1 > sigma_L > 0).
+        recipe: training/sampling recipe (default ``CPU_DIGITS_RECIPE``, or ``QUICK_RECIPE`` when ``quick``).
+        classifier: digits classifier weights for the FID (default: the shipped one).
+        runs_dir: where the trained models are kept and reused (default ``<out_dir>/runs``).
+
+    Returns:
+        one row per schedule: ``schedule, digits_fid, report_mnist_fid, rank, report_rank, final_loss,
+        train_steps, sample_n, train_s, sample_s``.
+    """
+    from ..cli import save_grid
+    from ..metrics import embedded_digits
+    schedules = common.check_schedules(schedules)
+    common.check_levels(num_levels, sigma_1, sigma_L)
+    r = common.resolve_recipe(quick, recipe)
+    score = common.fid_scorer(classifier)           # fails now, not after an hour of training
+    os.makedirs(out_dir, exist_ok=True)
+    rows, grids = [], []
+    for kind in schedules:
+        run_dir = os.path.join(runs_dir or os.path.join(out_dir, "runs"),
+                               common.run_name(kind, num_levels, sigma_1, sigma_L, r))
+        model, t_train = common.train_digits(run_dir, kind, num_levels, sigma_1, sigma_L, r, progress)
+        x, t_sample = common.sample_digits(model, r, progress)
+        fid = float(score(x))
+        grids.append(x[:10])
+        rows.append(dict(schedule=kind, digits_fid=fid, report_mnist_fid=REPORT_MNIST_FID.get(kind),
+                         final_loss=common.last_loss(run_dir), train_steps=getattr(model, "train_step", r["steps"]),
+                         sample_n=int(x.shape[0]), train_s=round(t_train, 1), sample_s=round(t_sample, 1)))
+        if progress:
+            print(f"{kind}: digits-FID {fid:.2f} ({t_train:.0f} s training, {t_sample:.0f} s sampling)")
+    ours = _ranks({row["schedule"]: row["digits_fid"] for row in rows})
+    theirs = _ranks({k: v for k, v in REPORT_MNIST_FID.items() if k in ours})
+    for row in rows:
+        row["rank"], row["report_rank"] = ours[row["schedule"]], theirs.get(row["schedule"])
+    # the floor: FID of sample_n real digits (a perfect model reaches about this with as many samples)
+    real = embedded_digits()[0]
+    pick = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(r["seed"]))[:r["sample_n"]]
+    floor = float(score(real[pick]))
+
+    common.write_csv(os.path.join(out_dir, NAME + ".csv"), rows, COLUMNS)
+    _plot(rows, floor, os.path.join(out_dir, NAME + ".png"))
+    save_grid(torch.cat(grids), os.path.join(out_dir, NAME + "_samples.png"), nrow=10, scale=2)
+    rho = spearman({row["schedule"]: row["digits_fid"] for row in rows}, REPORT_MNIST_FID)
+    body = (f"Seed 000 Figures 2-4 on the embedded digits. L = {num_levels}, sigma {sigma_1:g} -> {sigma_L:g} "
+            f"(ladders rescaled onto these endpoints). Recipe: {common.recipe_text(r)}.\n\n"
+            f"digits-FID: FID in the 64-d features of the shipped digits classifier against all 1797 embedded "
+            f"digits (not comparable in scale with the report's Inception FIDs on MNIST; compare orderings). "
+            f"Rank 1 = best. {r['sample_n']} real digits score {floor:.3g} (the floor at this sample size).\n\n"
+            + common.markdown_table(rows, COLUMNS) +
+            f"\n\nSpearman rank correlation with the report's MNIST ordering: {common.fmt(rho, 3)}.\n\n"
+            f"![digits-FID per schedule]({NAME}.png)\n\nSamples (one row per schedule, in table order):\n\n"
+            f"![samples]({NAME}_samples.png)\n")
+    common.write_markdown(os.path.join(out_dir, NAME + ".md"), "Noise schedules and digits-FID (seed 000 Figures 2-4)",
+                          command or "fastncsn experiment schedules-study", body, quick)
+    return rows
+
+
+def _plot(rows: list, floor: float, path: str) -> None:
+    plt = common.pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = [row["schedule"] for row in rows]
+    a.bar(names, [row["digits_fid"] for row in rows], color="#4c72b0")
+    a.axhline(floor, color="#c44e52", linestyle="--", linewidth=1, label="real digits (same n)")
+    a.set_ylabel("digits-FID (lower is better)"); a.set_title("this package, embedded digits"); a.legend(fontsize=8)
+    rep = [(n, REPORT_MNIST_FID[n]) for n in names if n in REPORT_MNIST_FID]
+    b.bar([n for n, _ in rep], [v for _, v in rep], color="#8c8c8c")
+    b.set_ylabel("Inception FID"); b.set_title("seed 000 Figure 2 (MNIST)")
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+
+
+def build_parser(prog: str = "fastncsn experiment schedules-study") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p.add_argument("--schedules", default=",".join(SCHEDULES), help="comma-separated (default: all five)")
+    p.add_argument("--num-levels", type=int, default=10)
+    p.add_argument("--sigma-1", type=float, default=1.0)
+    p.add_argument("--sigma-L", type=float, default=0.01)
+    p.add_argument("--classifier", help="digits classifier weights for the FID (default: the shipped one)")
+    common.add_common_arguments(p)
+    return p
+
+
+def _execute(a: argparse.Namespace, command: str) -> list:
+    rows = run(common.parse_list(a.schedules), a.num_levels, a.sigma_1, a.sigma_L,
+               recipe=common.recipe_overrides(a), out_dir=a.out_dir,
+               quick=a.quick, classifier=a.classifier, progress=not a.quiet, command=command,
+               runs_dir=a.runs_dir)
+    print(common.markdown_table(rows, COLUMNS))
+    print(f"written {a.out_dir}/{NAME}.md, .csv, .png, _samples.png")
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return common.run_main("schedules-study", build_parser(), _execute, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The digits experiments end to end in their --quick form, and their one-line configuration errors."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from fastncsn import cli
+from fastncsn.experiments import CPU_DIGITS_RECIPE, QUICK_RECIPE, common
+from fastncsn.experiments import initial_noise, pictures, schedule_study, score_norm
+from fastncsn.schedules import SCHEDULES
+
+
+def _rows(path):
+    with open(path) as f:
+        r = csv.DictReader(f)
+        return r.fieldnames, list(r)
+
+
+def test_schedules_study_quick(tmp_path):
+    assert schedule_study.main(["--quick", "--quiet", "--out-dir", str(tmp_path)]) == 0
+    cols, rows = _rows(tmp_path / "schedules_study.csv")
+    assert tuple(cols) == schedule_study.COLUMNS
+    assert [r["schedule"] for r in rows] == list(SCHEDULES)
+    assert sorted(int(r["rank"]) for r in rows) == [1, 2, 3, 4, 5]
+    rep = {r["schedule"]: int(r["report_rank"]) for r in rows}
+    assert rep["sigmoid"] == 1 and rep["cosine"] == 5            # seed 000 Figure 2 ordering
+    assert all(np.isfinite(float(r["digits_fid"])) and int(r["train_steps"]) == QUICK_RECIPE["steps"] for r in rows)
+    md = (tmp_path / "schedules_study.md").read_text()
+    assert "meaningless" in md and "fastncsn experiment schedules-study --quick" in md
+    for f in ("schedules_study.png", "schedules_study_samples.png"):
+        assert (tmp_path / f).stat().st_size > 1000
+    assert len(list((tmp_path / "runs").iterdir())) == 5          # one trained model per schedule
+
+
+def test_initial_noise_quick(tmp_path):
+    rows, summary = initial_noise.run((1.0, 30.0), num_levels=4, quick=True, out_dir=str(tmp_path))
+    assert [s["sigma_1"] for s in summary] == [1.0, 30.0] and len(rows) == 20
+    n = QUICK_RECIPE["sample_n"]
+    for s in summary:
+        mine = [r for r in rows if r["sigma_1"] == s["sigma_1"]]
+        assert sum(r["count"] for r in mine) == n == s["sample_n"]
+        assert s["classes_covering_10pct"] == sum(r["covers_uniform"] for r in mine)
+        assert all(r["ci_low"] <= r["proportion"] <= r["ci_high"] for r in mine)
+    assert summary[0]["report_classes_covering_10pct"] == 0 and summary[1]["report_classes_covering_10pct"] == 8
+    cols, csv_rows = _rows(tmp_path / "initial_noise.csv")
+    assert tuple(cols) == initial_noise.COLUMNS and len(csv_rows) == 20
+    md = (tmp_path / "initial_noise.md").read_text()
+    assert "meaningless" in md and "sigma_1 = 30: proportion" in md and "L = 4" in md
+    assert (tmp_path / "initial_noise.png").stat().st_size > 1000
+
+
+def test_score_norm_bundled_model_via_cli(tmp_path):
+    assert cli.main(["experiment", "score-norm", "--quick", "--out-dir", str(tmp_path)]) == 0
+    cols, rows = _rows(tmp_path / "score_norm.csv")
+    assert tuple(cols) == score_norm.COLUMNS and len(rows) == 10
+    sig = np.array([float(r["sigma"]) for r in rows])
+    assert np.all(np.diff(sig) < 0)
+    np.testing.assert_allclose([float(r["sqrt_d_over_sigma"]) for r in rows], 28.0 / sig, rtol=1e-5)
+    slope, _ = score_norm.fit_slope(sig, np.array([float(r["norm_data"]) for r in rows]))
+    assert -1.2 < slope < -0.8                                     # the bundled model follows the 1/sigma law
+    assert score_norm.fit_slope(np.array([1.0, 0.1, 0.01]), np.array([2.0, 20.0, 200.0]))[0] == pytest.approx(-1)
+    assert (tmp_path / "score_norm.png").stat().st_size > 1000
+
+
+def test_pictures_quick(tmp_path):
+    from PIL import Image
+    rows = pictures.run(n=6, steps_per_level=1, num_queries=3, k=4, out_dir=str(tmp_path), quick=True)
+    assert [r["sample"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        d = [float(v) for v in r["nn_distances"].split()]
+        assert len(d) == 4 and d == sorted(d) and d[0] > 0
+    for f in ("pictures.png", "pictures_annealing.png", "pictures_neighbours.png", "pictures.md", "pictures.csv"):
+        assert (tmp_path / f).stat().st_size > 100
+    with Image.open(tmp_path / "pictures_annealing.gif") as gif:
+        assert gif.n_frames == 11                                  # 10 levels + the final samples
+    data = torch.rand(7, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    dist, idx = pictures.nearest_neighbours(data[[2, 5]], data, 1)
+    assert idx[:, 0].tolist() == [2, 5] and float(dist.abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["schedules-study", "--quick", "--schedules", "geometric,foo"], "--schedules"),
+    (["schedules-study", "--quick", "--num-levels", "1"], "L >= 2"),
+    (["schedules-study", "--quick", "--classifier", "/no/such/weights.pt"], "no such file"),
+    (["schedules-study", "--quick", "--steps", "0"], "--steps"),
+    (["initial-noise", "--quick", "--num-levels", "1"], "L >= 2"),
+    (["initial-noise", "--quick", "--schedule", "quadratic"], "--schedules"),
+    (["initial-noise", "--quick", "--sigma-1s", "1,0.001"], "sigma_1 > sigma_L"),
+    (["score-norm", "--checkpoint", "/no/such/model.pt"], "no such file"),
+    (["pictures", "--checkpoint", "/no/such/model.pt"], "no such file"),
+    (["mode-weights", "--levels", "1"], "L >= 2"),
+])
+def test_bad_configuration_one_line_exit_2(argv, message, capsys, tmp_path):
+    assert cli.main(["experiment"] + argv + (["--out-dir", str(tmp_path)] if argv[0] != "mode-weights" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error" in err and message in err
+    assert not (tmp_path / "runs").exists()                        # nothing was trained
+
+
+def test_unknown_experiment_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["experiment", "nope"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_recipe_resolution_and_rank_helpers():
+    assert common.resolve_recipe() == CPU_DIGITS_RECIPE
+    assert common.resolve_recipe(True, {"steps": 7})["steps"] == 7
+    with pytest.raises(ValueError, match="unknown key"):
+        common.resolve_recipe(False, {"stepz": 3})
+    with pytest.raises(ValueError, match="--ema-rate"):
+        common.resolve_recipe(False, {"ema_rate": 1.5})
+    a = {"x": 1.0, "y": 2.0, "z": 3.0}
+    assert schedule_study.spearman(a, a) == 1.0
+    assert schedule_study.spearman(a, {"x": 3.0, "y": 2.0, "z": 1.0}) == -1.0
+    assert schedule_study.spearman(a, {"x": 1.0}) is None
