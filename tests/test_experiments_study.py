@@ -11,6 +11,17 @@ from fastncsn.experiments import initial_noise, pictures, schedule_study, score_
 from fastncsn.schedules import SCHEDULES
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One torch thread: on the shared CPU two threads per process oversubscribe and run many times slower."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _rows(path):
     with open(path) as f:
         r = csv.DictReader(f)
