@@ -116,14 +116,25 @@ def _cmd_sample(a) -> None:
 
 
 def _cmd_train(a) -> None:
-    from .training import train
+    from .training import CPU_DIGITS_RECIPE, default_recipe, train
     data = a.data
-    model = train(None, data=data, steps=a.steps, batch_size=a.batch_size, lr=a.lr, out_dir=a.out,
-                  checkpoint_every=a.checkpoint_every, keep_last=a.keep_last, ema_rate=a.ema, seed=a.seed,
-                  device=a.device, progress=not a.quiet, resume=not a.no_resume, ngf=a.ngf,
+    recipe = default_recipe(data, a.device)
+    given = dict(ngf=a.ngf, batch_size=a.batch_size, lr=a.lr, ema_rate=a.ema, steps=a.steps)
+    for key, value in given.items():
+        if value is not None:
+            recipe[key] = value
+    if a.ema is not None and not 0 <= a.ema < 1:
+        raise CLIError(f"--ema: expected a rate in [0, 1) (0 = no EMA), got {a.ema}")
+    if recipe == dict(recipe, **CPU_DIGITS_RECIPE) and not a.quiet:
+        print("fastncsn: CPU recipe for the embedded digits: ngf 8, batch 64, lr 2e-3, EMA 0.99, 1500 steps "
+              "(~10 min on 2 cores); --ngf/--batch-size/--lr/--ema/--steps override it")
+    model = train(None, data=data, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
+                  out_dir=a.out, checkpoint_every=a.checkpoint_every, keep_last=a.keep_last,
+                  ema_rate=recipe["ema_rate"] or None, seed=a.seed,
+                  device=a.device, progress=not a.quiet, resume=not a.no_resume, ngf=recipe["ngf"],
                   num_levels=a.num_levels, sigma_1=a.sigma_1, sigma_L=a.sigma_L, schedule=a.schedule,
                   root=a.root, extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
-    print(f"fastncsn: trained {type(model).__name__} to step {model.train_step} of {a.steps}; "
+    print(f"fastncsn: trained {type(model).__name__} to step {model.train_step} of {recipe['steps']}; "
           f"checkpoints in {a.out}")
 
 
@@ -255,16 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="digits", help="digits | mnist | cifar10 | celeba | stanford_cars | folder:PATH")
     t.add_argument("--root", help="directory of the torchvision dataset files")
     t.add_argument("--out", required=True, help="run directory (checkpoints, train_log.jsonl)")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--ngf", type=int, default=64)
+    t.add_argument("--steps", type=int, help="total steps (default: 1500 for digits on a CPU, else 2000)")
+    t.add_argument("--ngf", type=int, help="network width (default: 8 for digits on a CPU, else 64)")
     t.add_argument("--num-levels", type=int, default=10)
     t.add_argument("--sigma-1", type=float, default=1.0)
     t.add_argument("--sigma-L", type=float, default=0.01)
     t.add_argument("--schedule", default="geometric",
                    choices=["geometric", "linear", "cosine", "squared_cosine", "sigmoid"])
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--ema", type=float, help="EMA rate of the weights, e.g. 0.999")
+    t.add_argument("--batch-size", type=int, help="default: 64 for digits on a CPU, else 128")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-3 for digits on a CPU, else 1e-3)")
+    t.add_argument("--ema", type=float,
+                   help="EMA rate of the weights, e.g. 0.999; 0 turns it off (default: 0.99 for digits on a CPU, "
+                        "else off); sampling from a checkpoint uses the EMA weights when present")
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--keep-last", type=int, default=3)
     t.add_argument("--seed", type=int, default=0)

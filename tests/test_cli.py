@@ -88,6 +88,41 @@ def test_train_then_sample(tmp_path, capsys):
                  "--steps-per-level", "1", "--out", str(tmp_path / "x.png"), "--quiet"]) == 0
 
 
+def test_train_defaults_follow_the_recipe(tmp_path, monkeypatch, capsys):
+    import fastncsn.training as training
+    seen = {}
+
+    def fake_train(model, **kw):
+        seen.update(kw)
+        m = CondRefineNetDilated(28, 1, ngf=4, num_levels=3)
+        m.train_step = kw["steps"]
+        return m
+
+    monkeypatch.setattr(training, "train", fake_train)
+    assert main(["train", "--data", "digits", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert "CPU recipe" in capsys.readouterr().out
+    r = training.CPU_DIGITS_RECIPE
+    assert (seen["ngf"], seen["batch_size"], seen["lr"], seen["ema_rate"], seen["steps"]) == (
+        r["ngf"], r["batch_size"], r["lr"], r["ema_rate"], r["steps"])
+    assert main(["train", "--data", "digits", "--out", str(tmp_path), "--device", "cpu", "--ngf", "16",
+                 "--ema", "0", "--steps", "7", "--quiet"]) == 0
+    assert (seen["ngf"], seen["ema_rate"], seen["steps"], seen["batch_size"]) == (16, None, 7, r["batch_size"])
+    assert "CPU recipe" not in capsys.readouterr().out
+    g = training.GENERIC_RECIPE   # other data (or a GPU) keep the reference recipe
+    assert training.default_recipe("cifar10", "cpu") == g and training.default_recipe("digits", "cuda:0") == g
+    assert main(["train", "--data", "digits", "--out", str(tmp_path), "--ema", "1.5", "--quiet"]) == 2
+    assert "--ema" in capsys.readouterr().err
+    assert main(["train", "--data", "digits", "--out", str(tmp_path), "--device", "gpu7", "--quiet"]) == 2
+    assert "device" in capsys.readouterr().err
+
+
+def test_trained_digits_checkpoint_carries_sampling_defaults(tmp_path):
+    from fastncsn.training import DATASET_SAMPLING, train
+    train(data="digits", steps=1, batch_size=2, ngf=4, num_levels=3, out_dir=str(tmp_path), progress=False)
+    model = fastncsn.load(str(tmp_path / "checkpoint_00000001.pt"))
+    assert model.sampling_defaults == DATASET_SAMPLING["digits"]
+
+
 def test_make_grid_layout():
     g = make_grid(torch.zeros(3, 1, 4, 4), nrow=2, padding=1)
     assert g.shape == (1, 2 * 5 + 1, 2 * 5 + 1) and g[0, 0, 0] == 1 and g[0, 1, 1] == 0

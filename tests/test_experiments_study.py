@@ -126,3 +126,9 @@ def test_recipe_resolution_and_rank_helpers():
     assert schedule_study.spearman(a, a) == 1.0
     assert schedule_study.spearman(a, {"x": 3.0, "y": 2.0, "z": 1.0}) == -1.0
     assert schedule_study.spearman(a, {"x": 1.0}) is None
+
+
+def test_experiment_recipe_trains_like_the_cli_recipe():
+    from fastncsn.experiments import CPU_DIGITS_RECIPE
+    from fastncsn.training import CPU_DIGITS_RECIPE as TRAIN
+    assert {k: CPU_DIGITS_RECIPE[k] for k in TRAIN} == TRAIN
