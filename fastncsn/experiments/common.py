@@ -21,7 +21,7 @@ _RECIPE_ARGS = (  # (dest, type, help)
     ("ngf", int, "width of CondRefineNetDilated"),
     ("batch_size", int, "training batch size"),
     ("lr", float, "Adam learning rate"),
-    ("ema_rate", float, "EMA rate of the weights (e.g. 0.999; default: raw weights)"),
+    ("ema_rate", float, "EMA rate of the weights (0 = raw weights; default: the recipe's)"),
     ("sample_n", int, "number of samples per model"),
     ("sample_batch", int, "samples drawn at once"),
     ("steps_per_level", int, "Langevin steps per noise level (T)"),
@@ -75,8 +75,9 @@ def resolve_recipe(quick: bool = False, overrides: Optional[dict] = None) -> dic
     for k in ("lr", "eps"):
         if not r[k] > 0:
             raise ExperimentError(f"--{k}: expected > 0, got {r[k]!r}")
-    if r["ema_rate"] is not None and not 0.0 < r["ema_rate"] < 1.0:
-        raise ExperimentError(f"--ema-rate: expected a rate in (0, 1), got {r['ema_rate']!r}")
+    if r["ema_rate"] is not None and not 0.0 <= r["ema_rate"] < 1.0:
+        raise ExperimentError(f"--ema-rate: expected a rate in [0, 1) (0 = raw weights), got {r['ema_rate']!r}")
+    r["ema_rate"] = r["ema_rate"] or None
     return r
 
 
