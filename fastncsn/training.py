@@ -8,6 +8,11 @@ atomic checkpoints every N steps keeping the last K, a clean save on
 SIGTERM/SIGINT, and exact resumption (model, EMA, optimizer, step, data order
 and noise RNG states), so an interrupted and resumed run equals an
 uninterrupted one.
+
+``fast=True`` (the default on CUDA) swaps the step for the fast one of
+:mod:`fastncsn.fast_training` (bf16 autocast with the loss in fp32, fused CIN++,
+channels-last, regional ``torch.compile``, fused Adam); the data order, level
+and noise draws, checkpoints and resumption are the same on both paths.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from typing import Optional
 import torch
 
 from . import checkpoint as ckpt
+from .fast_training import (dsm_step, ema_update_, make_optimizer, prepare_fast_model, release_fast_model,
+                            resolve_fast_options)
 from .losses import dsm_loss
 
 __all__ = ["train", "EMA", "find_checkpoints", "latest_valid_checkpoint", "default_recipe", "CPU_DIGITS_RECIPE",
@@ -69,14 +76,18 @@ class EMA:
     ``shadow <- rate * shadow + (1 - rate) * param`` after every optimizer step.
     """
 
-    def __init__(self, model: torch.nn.Module, rate: float = 0.999):
+    def __init__(self, model: torch.nn.Module, rate: float = 0.999, foreach: bool = False):
         if not 0.0 < rate < 1.0:
             raise ValueError(f"ema_rate: expected a value in (0, 1), got {rate!r}")
         self.rate = rate
+        self.foreach = foreach  # one _foreach launch per operation instead of two per tensor (fast path)
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        if self.foreach:
+            ema_update_(self.shadow, model, self.rate)
+            return
         for k, v in model.state_dict().items():
             if v.is_floating_point():
                 self.shadow[k].mul_(self.rate).add_(v.detach(), alpha=1.0 - self.rate)
@@ -181,13 +192,39 @@ class _StopFlag:
         return False
 
 
+def _tensorboard(log_dir):
+    """A TensorBoard ``SummaryWriter`` on ``log_dir``, or None (with a warning) when TensorBoard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as exc:  # ImportError: tensorboard not installed
+        warnings.warn(f"fastncsn: tensorboard_dir={str(log_dir)!r} ignored: TensorBoard is not available ({exc}); "
+                      f"install it with `pip install tensorboard` -- the metrics still go to the JSON-lines log "
+                      f"and the progress bar", RuntimeWarning, stacklevel=3)
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _board_scalars(board, rec: dict) -> None:
+    """Write one log record's numbers as TensorBoard scalars (``loss``, ``loss/level_i``, ``perf/...``)."""
+    step = rec["step"]
+    board.add_scalar("loss", rec["loss"], step)
+    for i, v in enumerate(rec["per_level"]):
+        if v is not None:
+            board.add_scalar(f"loss/level_{i}", v, step)
+    board.add_scalar("lr", rec["lr"], step)
+    for key in ("images_per_s", "step_ms", "max_memory_gb", "startup_s"):
+        if key in rec:
+            board.add_scalar(f"perf/{key}", rec[key], step)
+
+
 def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: int = 128, lr: float = 1e-3,
           out_dir: Optional[str] = None, checkpoint_every: int = 500, keep_last: int = 3,
           ema_rate: Optional[float] = None, seed: int = 0, device=None, progress: bool = True,
           resume: bool = True, ngf: int = 64, num_levels: int = 10, sigma_1: float = 1.0, sigma_L: float = 0.01,
           schedule: str = "geometric", root: Optional[str] = None, log_every: int = 10,
           grad_clip: Optional[float] = None, warmup_steps: int = 0, anneal_power: float = 2.0,
-          extra: Optional[dict] = None):
+          extra: Optional[dict] = None, fast: Optional[bool] = None, precision: Optional[str] = None,
+          compile=None, tensorboard_dir: Optional[str] = None):
     """Train a noise-conditional score network with DSM (seed 003 eq. 5-6) on the CPU or a GPU.
 
     Args:
@@ -203,6 +240,25 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         resume: continue from the newest valid checkpoint in ``out_dir``.
         grad_clip: clip the gradient norm to this value.
         warmup_steps: linear learning-rate warm-up.
+        fast: the fast step of :mod:`fastncsn.fast_training` (None: on CUDA only);
+            False is the reference eager fp32 step.
+        precision: ``"bf16"`` (network under bf16 autocast, loss in fp32; the
+            default of the fast path on CUDA) or ``"fp32"``; the reference path is fp32.
+        compile: regional ``torch.compile`` of the residual and RefineNet blocks
+            on the fast path (None: on CUDA only; True on the CPU raises ValueError,
+            Inductor's C++ build takes minutes there); a string names a
+            ``torch.compile`` backend (e.g. ``"eager"``, for debugging).
+        tensorboard_dir: also write the logged scalars there with TensorBoard
+            (warns once and goes on without it when TensorBoard is not installed).
+
+    Every ``log_every`` steps a JSON line goes to ``out_dir/train_log.jsonl``
+    (rank 0): ``step``, ``loss``, ``per_level`` (mean loss per level, null where
+    a level was not drawn), ``lr``, ``step_ms`` / ``step_time_s`` (mean wall time
+    per step since the previous record, host synchronised; the first step of a
+    run, which includes compilation, is left out of it), ``images_per_s``
+    (global batch / step time), ``fast``, ``precision``, ``max_memory_gb``
+    (``torch.cuda.max_memory_allocated``, CUDA only) and, in the first record of a
+    run, ``startup_s`` (from model preparation to the end of the first step).
 
     Returns:
         the trained model (raw weights; the EMA is in the checkpoints), in eval
@@ -226,6 +282,9 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
     if device is None and distributed and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fast, precision, compile = resolve_fast_options(fast, precision, compile, device)
+    if tensorboard_dir is not None and not isinstance(tensorboard_dir, (str, os.PathLike)):
+        raise ValueError(f"tensorboard_dir: expected None or a directory path, got {tensorboard_dir!r}")
     if isinstance(data, str):
         dataset = get_dataset(data, root=root, train=True)
         data_name = data
@@ -240,11 +299,15 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
     if not getattr(model, "sampling_defaults", None) and data_name in DATASET_SAMPLING:
         model.sampling_defaults = dict(DATASET_SAMPLING[data_name])
     model.train()
+    t_prepare = time.perf_counter()
+    if fast:
+        prepare_fast_model(model, device, precision, compile)
     net = model
     if distributed:  # gradients averaged over ranks; each rank sees its slice of the global batch
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    ema = EMA(model, ema_rate) if ema_rate else None
+    opt = make_optimizer(model, lr, fast)
+    own_impl = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
+    ema = EMA(model, ema_rate, foreach=fast) if ema_rate else None
     data_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     batches = _Batches(dataset, batch_size, data_gen)
@@ -260,7 +323,11 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
             if ck is not None:
                 ckpt._load_state(model, ck["state_dict"], path)
                 if ck.get("optimizer"):
-                    opt.load_state_dict(ck["optimizer"])
+                    # this run's Adam kernel (fused or not), not the saved run's: set before loading, as
+                    # the fused kernel wants its step counters on the device
+                    osd = ck["optimizer"]
+                    osd = dict(osd, param_groups=[dict(g, **impl) for g, impl in zip(osd["param_groups"], own_impl)])
+                    opt.load_state_dict(osd)
                 if ema is not None and ck.get("ema_state_dict"):
                     ema.load_state_dict(ck["ema_state_dict"])
                 ts = ck["extra"]["train_state"]
@@ -273,7 +340,8 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
     sigmas = model.sigmas
     log_path = os.path.join(out_dir, "train_log.jsonl") if writer else None
     meta = dict(extra or {})
-    meta.update(data=data_name, batch_size=batch_size, lr=lr, seed=seed, ema_rate=ema_rate)
+    meta.update(data=data_name, batch_size=batch_size, lr=lr, seed=seed, ema_rate=ema_rate, fast=fast,
+                precision=precision, compile=compile)
 
     def save_checkpoint(step):
         if not writer:
@@ -290,7 +358,10 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc="train (DSM)", unit="step")
     logf = open(log_path, "a") if log_path else None
+    board = _tensorboard(tensorboard_dir) if tensorboard_dir is not None and rank == 0 else None
+    on_cuda = device.type == "cuda"
     step = start
+    t_mark, step_mark, first_ms, startup_s = None, start, None, None
     try:
         with _StopFlag() as stop:
             while step < steps:
@@ -307,30 +378,55 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
                 if warmup_steps:
                     for group in opt.param_groups:
                         group["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
-                out = dsm_loss(net, x, sigmas, level_index=levels, noise=z, anneal_power=anneal_power)
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
+                if fast:
+                    opt.zero_grad(set_to_none=True)
+                    out = dsm_step(net, x, sigmas, levels, z, precision=precision, anneal_power=anneal_power)
+                else:
+                    out = dsm_loss(net, x, sigmas, level_index=levels, noise=z, anneal_power=anneal_power)
+                    opt.zero_grad(set_to_none=True)
+                    out.loss.backward()
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 opt.step()
                 if ema is not None:
                     ema.update(model)
                 step += 1
-                dt = time.perf_counter() - t0
+                if t_mark is None:  # the first step of this run: start-up (compilation included) ends here
+                    if on_cuda:
+                        torch.cuda.synchronize(device)
+                    t_mark = time.perf_counter()
+                    step_mark, first_ms, startup_s = step, (t_mark - t0) * 1e3, t_mark - t_prepare
                 if bar is not None:
                     bar.update(1)
-                if logf is not None and (step % log_every == 0 or step == steps):
-                    loss = float(out.loss.detach())
+                if (logf is not None or board is not None or bar is not None) \
+                        and (step % log_every == 0 or step == steps):
+                    loss = float(out.loss.detach())  # (a host sync: the interval's steps have finished)
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"training diverged at step {step} (loss {loss})")
-                    per = [None if math.isnan(v) else round(v, 5) for v in out.per_level.tolist()]
-                    logf.write(json.dumps(dict(step=step, loss=loss, per_level=per, step_time_s=dt,
-                                               images_per_s=batch_size / dt)) + "\n")
-                    logf.flush()
+                    now = time.perf_counter()
+                    step_ms = (now - t_mark) * 1e3 / (step - step_mark) if step > step_mark else first_ms
+                    rec = dict(step=step, loss=loss,
+                               per_level=[None if math.isnan(v) else round(v, 5) for v in out.per_level.tolist()],
+                               lr=opt.param_groups[0]["lr"], step_ms=step_ms, step_time_s=step_ms / 1e3,
+                               images_per_s=batch_size / (step_ms / 1e3), fast=fast, precision=precision)
+                    if on_cuda:
+                        rec["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+                    if startup_s is not None:
+                        rec["startup_s"], startup_s = startup_s, None
+                    if logf is not None:
+                        logf.write(json.dumps(rec) + "\n")
+                        logf.flush()
+                    if board is not None:
+                        _board_scalars(board, rec)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.3f}")
+                        post = dict(loss=f"{loss:.3f}", img_s=f"{rec['images_per_s']:.0f}", ms=f"{step_ms:.1f}")
+                        if on_cuda:
+                            post["mem_gb"] = f"{rec['max_memory_gb']:.2f}"
+                        bar.set_postfix(post)
+                    t_mark, step_mark = time.perf_counter(), step
                 if step % checkpoint_every == 0 or step == steps:
                     save_checkpoint(step)
+                    t_mark = time.perf_counter()  # checkpoint writing is not step time
                 if stop.signal is not None:  # (with several processes, each rank gets the signal)
                     save_checkpoint(step)
                     if progress:
@@ -341,6 +437,10 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
             bar.close()
         if logf is not None:
             logf.close()
+        if board is not None:
+            board.close()
+        if fast:
+            release_fast_model(model)
     model.eval()
     model.train_step = step
     return model

@@ -1,0 +1,135 @@
+"""Training-step throughput: the reference eager step against the fast step (issue 7).
+
+One step = draw levels and noise on the device, DSM loss (seed 003 eq. 5-6,
+lambda = sigma^2), backward, Adam -- what ``fastncsn.train`` does per step, on a
+fixed random batch (no data loading).  Configs at batch 128, L = 10 levels:
+MNIST (28x28x1, ngf 64) and CIFAR-10 (32x32x3, ngf 128), NCSN v1
+(``CondRefineNetDilated``).  Paths:
+
+* ``reference`` -- fp32, NCHW, CIN++ by the PyTorch reference (backend "torch"),
+  eager, Adam (foreach): the baseline of the issue (133.4 ms CIFAR-10, 117.3 ms
+  MNIST on an H100);
+* ``fast`` -- ``fastncsn.fast_training``: bf16 autocast with the loss in fp32,
+  channels-last, fused CIN++ (backend "auto"), regional ``torch.compile`` of the
+  residual and RefineNet blocks, fused Adam;
+* ``fast-eager`` -- the same without the compile (what the compile buys).
+
+Every record's ``extra_info``: ``config``, ``batch``, ``path``, ``precision``,
+``backend`` (the CIN++ backend "auto" resolved to), ``compile``, ``ms_per_step``,
+``images_per_s``, ``reference_ms_per_step`` (the reference path, same run, measured
+once per config in a module-scoped cache), ``speedup``, ``startup_s`` (from model
+preparation to the end of the first step, compilation included), ``peak_mem_gb``
+(``torch.cuda.max_memory_allocated`` over build and timing), ``params``, ``device``.
+Skips without CUDA; nothing touches CUDA at import.  Command: benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import torch
+import torch._dynamo
+
+from fastncsn import ops
+from fastncsn.fast_training import dsm_step, make_optimizer, prepare_fast_model
+from fastncsn.losses import dsm_loss
+from fastncsn.models import CondRefineNetDilated
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+CONFIGS = {"mnist": dict(image_size=28, channels=1, ngf=64), "cifar10": dict(image_size=32, channels=3, ngf=128)}
+NUM_LEVELS = 10
+BATCH = 128
+LR = 1e-3
+#: steps per timed call (one host sync per call) and timed calls per record
+INNER, ROUNDS = 5, 10
+DEVICE = "cuda"
+#: path -> (precision, fused backend, compile)
+PATHS = {"reference": ("fp32", "torch", False), "fast": ("bf16", "auto", True), "fast-eager": ("bf16", "auto", False)}
+
+
+@pytest.fixture(scope="module")
+def reference_ms_per_step() -> dict:
+    """config -> ms per reference step, measured once per module run."""
+    return {}
+
+
+def _build(config: str, path: str):
+    """(step function, startup seconds, parameter count) of a fresh model on ``path``."""
+    precision, backend, compile = PATHS[path]
+    fast = path != "reference"
+    if fast:
+        torch._dynamo.reset()  # every fast record compiles from scratch in this process
+    torch.manual_seed(0)
+    model = CondRefineNetDilated(num_levels=NUM_LEVELS, backend=backend, **CONFIGS[config]).to(DEVICE).train()
+    cfg = CONFIGS[config]
+    x = torch.rand(BATCH, cfg["channels"], cfg["image_size"], cfg["image_size"], device=DEVICE)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    if fast:
+        prepare_fast_model(model, DEVICE, precision, compile=compile, backend=backend)
+    opt = make_optimizer(model, LR, fast)
+
+    def step():
+        levels = torch.randint(0, NUM_LEVELS, (BATCH,), generator=gen, device=DEVICE)
+        z = torch.randn(x.shape, generator=gen, device=DEVICE)
+        opt.zero_grad(set_to_none=True)
+        if fast:
+            dsm_step(model, x, model.sigmas, levels, z, precision=precision)
+        else:
+            dsm_loss(model, x, model.sigmas, level_index=levels, noise=z).loss.backward()
+        opt.step()
+
+    step()
+    torch.cuda.synchronize()
+    startup = time.perf_counter() - t0
+    for _ in range(3):  # cudnn.benchmark and Triton autotuning settle
+        step()
+    torch.cuda.synchronize()
+    return step, startup, sum(p.numel() for p in model.parameters())
+
+
+def _timed(step):
+    def run():
+        for _ in range(INNER):
+            step()
+        torch.cuda.synchronize()
+    return run
+
+
+def _reference(cache: dict, config: str) -> float:
+    if config not in cache:
+        step, _, _ = _build(config, "reference")
+        run = _timed(step)
+        times = []
+        for _ in range(ROUNDS):
+            t = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t) * 1e3 / INNER)
+        cache[config] = statistics.median(times)
+        torch.cuda.empty_cache()
+    return cache[config]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_training_step(benchmark, reference_ms_per_step, config, path):
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    step, startup, params = _build(config, path)
+    benchmark.pedantic(_timed(step), rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    ms = benchmark.stats.stats.median * 1e3 / INNER
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    del step
+    if path == "reference":
+        reference_ms_per_step.setdefault(config, ms)
+    ref_ms = _reference(reference_ms_per_step, config)
+    precision, backend, compile = PATHS[path]
+    benchmark.extra_info.update(
+        config=config, batch=BATCH, path=path, precision=precision,
+        backend=ops.resolve_backend(backend, DEVICE), compile=compile, ms_per_step=ms,
+        images_per_s=BATCH / (ms * 1e-3), reference_ms_per_step=ref_ms, speedup=ref_ms / ms, startup_s=startup,
+        peak_mem_gb=peak, params=params, num_levels=NUM_LEVELS, device=torch.cuda.get_device_name())
+    assert ms > 0
