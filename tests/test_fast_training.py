@@ -70,6 +70,23 @@ def test_fast_fp32_equals_reference(tmp_path, tol):
     assert any(not torch.allclose(init[k], v) for k, v in ref.state_dict().items())
 
 
+def test_fast_resume_equals_uninterrupted_run(tmp_path):
+    """An interrupted fast run resumed from its checkpoint equals the uninterrupted fast run; a
+    reference-path checkpoint resumes on the fast path (same optimizer state format)."""
+    kw = dict(TINY, steps=6, checkpoint_every=3, ema_rate=0.9, fast=True, precision="fp32", compile=False)
+    full = train(out_dir=str(tmp_path / "a"), **kw)
+    train(out_dir=str(tmp_path / "b"), **dict(kw, steps=3))
+    resumed = train(out_dir=str(tmp_path / "b"), **kw)
+    for k, v in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
+    assert [r["loss"] for r in _log(tmp_path / "a")] == [r["loss"] for r in _log(tmp_path / "b")]
+    train(out_dir=str(tmp_path / "c"), **dict(kw, steps=3, fast=False, precision=None))
+    mixed = train(out_dir=str(tmp_path / "c"), **kw)
+    assert mixed.train_step == 6 and [r["fast"] for r in _log(tmp_path / "c")] == [False] * 3 + [True] * 3
+    for k, v in full.state_dict().items():  # fp32 on the CPU: the two paths compute the same step
+        torch.testing.assert_close(mixed.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_fast_bf16_loss_curve_follows_reference(tmp_path):
     """bf16 autocast (CPU): the loss curve over 30 steps stays within the bf16 tolerance of the
