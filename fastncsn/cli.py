@@ -85,9 +85,21 @@ def _cmd_sample(a) -> None:
     if a.n < 1:
         raise CLIError(f"--n: expected >= 1, got {a.n}")
     want_snaps = bool(a.strip or a.gif)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    # fastncsn.sample(fast=True) on a CPU quietly runs the graph sampler's steps eagerly (no speed-up), and
+    # with fast=None a CPU means the fp32 reference sampler: ask for what cannot happen here -> one line
+    fast = device.type == "cuda" if a.fast is None else a.fast
+    if a.fast and device.type != "cuda":
+        raise CLIError(f"--fast: the CUDA-graph sampler needs a CUDA device, got {device.type!r} "
+                       "(pass --device cuda, or --no-fast)")
+    if a.precision == "bf16" and not fast:
+        raise CLIError("--precision: bf16 runs on the fast CUDA-graph sampler only; the reference sampler "
+                       "(--no-fast, or any CPU device) is fp32")
     T = a.steps_per_level or (getattr(model, "sampling_defaults", {}) or {}).get("steps_per_level", 100)
     kwargs = dict(n=a.n, seed=a.seed, steps_per_level=a.steps_per_level, eps=a.eps, step_convention=a.step_convention,
-                  denoise=a.denoise, progress=not a.quiet, backend=a.backend, batch_size=a.batch_size)
+                  denoise=a.denoise, progress=not a.quiet, backend=a.backend, batch_size=a.batch_size,
+                  fast=fast, precision=a.precision)
     if want_snaps:
         x, snaps = sample(model, snapshot_every=T, **kwargs)
     else:
@@ -253,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--device")
     s.add_argument("--backend", default="auto", choices=["auto", "triton", "cuda", "torch"])
+    s.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA-graph sampler (needs a CUDA --device); --no-fast: the reference eager sampler "
+                        "(default: fast when the device is CUDA)")
+    s.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="network precision of the fast sampler (default: bf16 where the GPU supports it); "
+                        "the reference sampler is fp32")
     s.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
     s.add_argument("--scale", type=int, default=2, help="upscale the PNG by this factor (default 2)")
     s.add_argument("--save-tensor", help="also save the samples as .pt or .npz")

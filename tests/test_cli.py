@@ -126,3 +126,26 @@ def test_trained_digits_checkpoint_carries_sampling_defaults(tmp_path):
 def test_make_grid_layout():
     g = make_grid(torch.zeros(3, 1, 4, 4), nrow=2, padding=1)
     assert g.shape == (1, 2 * 5 + 1, 2 * 5 + 1) and g[0, 0, 0] == 1 and g[0, 1, 1] == 0
+
+
+def test_sample_fast_and_precision_flags(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    import fastncsn.api
+    seen = []
+    real = fastncsn.api.sample
+    monkeypatch.setattr(fastncsn.api, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    base = ["sample", "--checkpoint", tiny_ckpt, "--n", "2", "--steps-per-level", "1", "--quiet",
+            "--out", str(tmp_path / "s.png")]
+    got = tmp_path / "ref.pt"
+    assert main(base + ["--no-fast", "--precision", "fp32", "--save-tensor", str(got)]) == 0
+    want = fastncsn.sample(fastncsn.load(tiny_ckpt), n=2, steps_per_level=1, seed=0, fast=False, progress=False)
+    assert torch.equal(torch.load(got), want.clamp(0, 1))  # the reference sampler, as the api runs it
+    assert (seen[0]["fast"], seen[0]["precision"]) == (False, "fp32")
+    assert main(base) == 0 and (seen[-1]["fast"], seen[-1]["precision"]) == (False, None)  # CPU: auto = reference
+    capsys.readouterr()
+    # a CPU cannot run the CUDA-graph sampler, nor bf16 (reference sampler only): one line each, exit 2
+    for flags, start in [(["--fast"], "fastncsn: error: --fast:"),
+                         (["--precision", "bf16"], "fastncsn: error: --precision:"),
+                         (["--fast", "--precision", "bf16"], "fastncsn: error: --fast:")]:
+        assert main(base + flags) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith(start) and len(err.strip().splitlines()) == 1, (flags, err)

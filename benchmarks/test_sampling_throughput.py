@@ -1,0 +1,243 @@
+"""Sampling throughput: the reference annealed-Langevin loop against the CUDA-graph sampler (issue 6).
+
+One step of annealed Langevin dynamics (seed 003, Algorithm 1) is one network
+evaluation plus ``x <- x + alpha_i/2 s(x, i) + sqrt(alpha_i) z``.  Networks: NCSN v1
+``CondRefineNetDilated`` with L = 10 levels and random weights, configs ``mnist``
+(28x28x1, ngf 64) and ``cifar10`` (32x32x3, ngf 128), at batch 100 and 1000.  Paths:
+
+* ``reference`` -- :func:`fastncsn.sampling.annealed_langevin`, fp32, NCHW, CIN++ by
+  the PyTorch reference (backend "torch"), eager; timed one step at a time (host sync
+  after each) over ``REF_STEPS`` steps after ``REF_WARMUP`` warm-up steps;
+* ``graph-bf16`` / ``graph-fp32`` -- :func:`fastncsn.sampling.get_graph_sampler`
+  (what ``fastncsn.sample`` runs on CUDA): static buffers, fused CIN++ and Langevin
+  step (backend "auto"), one CUDA graph per level; timed as whole ``sample()`` calls
+  of L x ``GRAPH_T`` steps (all levels, one sync per call) divided by the step count.
+
+Every record's ``extra_info``: ``config``, ``batch``, ``path``, ``precision``,
+``ms_per_step``, ``images_per_s`` (of a full NCSN run, L*T = 10*100 steps),
+``reference_ms_per_step`` and ``reference_peak_mem_gb`` (the reference path at the
+same config and batch, measured once per module run), ``speedup``, ``gflop_per_image``
+and ``tflops`` (FLOP count of one network forward, see :func:`_gflop_per_image`),
+``peak_tflops`` and ``peak_fraction`` (of the device's dense bf16 peak, ``None`` for
+an unknown device), ``peak_mem_gb``, ``startup_s`` (graph paths), ``first_call_s``,
+``build_s``, ``device``.  The fp32 graph sampler's agreement with the reference
+sampler is tested in tests/test_graph_sampler.py (``test_gpu_fp32_graph_equals_reference``).
+Skips without CUDA; nothing touches CUDA at import.  Command: benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+import pytest
+import torch
+
+from fastncsn.models import CondRefineNetDilated
+from fastncsn.sampling import annealed_langevin, clear_graph_cache, get_graph_sampler
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+CONFIGS = {"mnist": dict(image_size=28, channels=1, ngf=64), "cifar10": dict(image_size=32, channels=3, ngf=128)}
+BATCHES = (100, 1000)
+NUM_LEVELS = 10
+#: NCSN's sampler: T = 100 steps per level, step_lr 2e-5 in the reference convention
+FULL_T, EPS, CONVENTION = 100, 2e-5, "reference"
+#: steps per level of the timed graph sampler: one timed call = NUM_LEVELS * GRAPH_T steps
+GRAPH_T = 4
+#: timed sample() calls per graph record (the first, untimed call builds and captures)
+ROUNDS = 3
+#: reference loop: warm-up steps, then timed steps (short: 365 ms/step at CIFAR-10 batch 1000)
+REF_WARMUP, REF_STEPS = 1, 3
+DEVICE = "cuda"
+#: path -> precision
+PATHS = {"reference": "fp32", "graph-bf16": "bf16", "graph-fp32": "fp32"}
+#: dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from the vendor data sheets; matched in order
+#: against the lower-case device name (first match wins)
+BF16_PEAK_TFLOPS = [
+    (("h200",), 989.4),
+    (("h100", "pcie"), 756.5),
+    (("h100", "nvl"), 835.5),
+    (("h100",), 989.4),          # SXM5 ("NVIDIA H100 80GB HBM3")
+    (("a100",), 312.0),          # SXM4 and PCIe alike
+]
+
+_GFLOP: dict = {}
+
+
+def bf16_peak_tflops(name: str):
+    """Dense bf16 peak of the device called ``name`` (``torch.cuda.get_device_name()``), or None."""
+    low = name.lower()
+    for keys, peak in BF16_PEAK_TFLOPS:
+        if all(k in low for k in keys):
+            return peak
+    return None
+
+
+@pytest.fixture(scope="module")
+def reference_cache() -> dict:
+    """(config, batch) -> (ms per reference step, peak memory GB), measured once per module run."""
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory():
+    """Every record starts with no cached samplers (their graph pools) and empty allocator caches."""
+    clear_graph_cache()
+    gc.collect()
+    torch.cuda.empty_cache()
+    yield
+    clear_graph_cache()
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _model(config: str) -> CondRefineNetDilated:
+    torch.manual_seed(0)
+    return CondRefineNetDilated(num_levels=NUM_LEVELS, backend="torch", **CONFIGS[config]).to(DEVICE).eval()
+
+
+def _x0(config: str, batch: int) -> torch.Tensor:
+    cfg = CONFIGS[config]
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    return torch.rand(batch, cfg["channels"], cfg["image_size"], cfg["image_size"], device=DEVICE, generator=g)
+
+
+def _gflop_per_image(model, config: str) -> float:
+    """FLOPs of one network forward per image, counted once per config by
+    ``torch.utils.flop_counter.FlopCounterMode`` on a batch of 1 (2 per multiply-add of the
+    convolutions -- the only ops it counts here; the norms and activations are not matrix work).
+    FLOPs are linear in the batch, so a step at batch B is B times this.  MNIST: 3.79, CIFAR-10: 19.8."""
+    if config not in _GFLOP:
+        from torch.utils.flop_counter import FlopCounterMode
+        x = _x0(config, 1)
+        y = torch.zeros(1, dtype=torch.long, device=DEVICE)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x, y)
+        _GFLOP[config] = counter.get_total_flops() / 1e9
+    return _GFLOP[config]
+
+
+def _reset_peak() -> None:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _reference_step(model, x0):
+    """One eager reference step per call (level 1), fp32, the CIN++ reference; synchronises."""
+    model.set_backend("torch")
+    state = {"x": x0}
+    sigmas = model.sigmas[:1]
+
+    def step():
+        with torch.no_grad():
+            state["x"] = annealed_langevin(model, state["x"], sigmas, eps=EPS, steps_per_level=1,
+                                           step_convention=CONVENTION, seed=0)
+        torch.cuda.synchronize()
+    return step
+
+
+def _reference(cache: dict, model, config: str, batch: int):
+    """(ms per reference step, peak GB) at (config, batch), from the cache or measured now."""
+    key = (config, batch)
+    if key not in cache:
+        step = _reference_step(model, _x0(config, batch))
+        _reset_peak()
+        for _ in range(REF_WARMUP):
+            step()
+        times = []
+        for _ in range(REF_STEPS):
+            t = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t) * 1e3)
+        cache[key] = (statistics.median(times), torch.cuda.max_memory_allocated() / 1e9)
+        del step
+        gc.collect()
+    return cache[key]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_sampling_step(benchmark, reference_cache, config, batch, path):
+    model = _model(config)
+    gflop = _gflop_per_image(model, config)
+    precision = PATHS[path]
+    startup = first_call = build = None
+    if path == "reference":
+        step = _reference_step(model, _x0(config, batch))
+        _reset_peak()
+        benchmark.pedantic(step, rounds=REF_STEPS, warmup_rounds=REF_WARMUP, iterations=1)
+        ms = benchmark.stats.stats.median * 1e3
+        peak = torch.cuda.max_memory_allocated() / 1e9
+        reference_cache.setdefault((config, batch), (ms, peak))
+        del step
+    else:
+        _reference(reference_cache, model, config, batch)  # measured before this path's peak is reset
+        x0 = _x0(config, batch)
+        steps = NUM_LEVELS * GRAPH_T
+        _reset_peak()
+        t0 = time.perf_counter()
+        sampler = get_graph_sampler(model, batch, eps=EPS, steps_per_level=GRAPH_T, step_convention=CONVENTION,
+                                    precision=precision)
+        sampler.sample(batch, seed=0, x0=x0)
+        torch.cuda.synchronize()
+        first_call = time.perf_counter() - t0
+        build = sampler.build_seconds
+        assert sampler.use_graphs and sampler.captures >= 1 and sampler.precision == precision
+
+        def run():
+            sampler.sample(batch, seed=0, x0=x0)
+            torch.cuda.synchronize()
+
+        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=0, iterations=1)
+        ms = benchmark.stats.stats.median * 1e3 / steps
+        peak = torch.cuda.max_memory_allocated() / 1e9
+        # start-up = the first call (sampler construction, warm-up steps that compile the kernels,
+        # graph capture, then `steps` replayed steps) up to the end of its first step: its wall time
+        # less the steady-state time of its other steps - 1 steps
+        startup = first_call - (steps - 1) * ms / 1e3
+    ref_ms, ref_peak = _reference(reference_cache, model, config, batch)
+    # a full NCSN sample is L*T = 10*100 steps: images/s = batch / (ms_per_step * L * T / 1000)
+    images_per_s = batch / (ms * NUM_LEVELS * FULL_T / 1e3)
+    # one step = one forward of the batch: batch * gflop_per_image GFLOP in ms_per_step
+    tflops = batch * gflop * 1e9 / (ms * 1e-3) / 1e12
+    name = torch.cuda.get_device_name()
+    peak_tflops = bf16_peak_tflops(name)
+    benchmark.extra_info.update(
+        config=config, batch=batch, path=path, precision=precision, ms_per_step=ms, images_per_s=images_per_s,
+        reference_ms_per_step=ref_ms, speedup=ref_ms / ms, gflop_per_image=gflop, tflops=tflops,
+        peak_tflops=peak_tflops, peak_fraction=None if peak_tflops is None else tflops / peak_tflops,
+        peak_mem_gb=peak, reference_peak_mem_gb=ref_peak, startup_s=startup, first_call_s=first_call,
+        build_s=build, num_levels=NUM_LEVELS, full_steps_per_level=FULL_T, device=name)
+    assert ms > 0
+
+
+def test_second_call_reuses_captured_graph(record_property):
+    """A second ``get_graph_sampler`` with the same model and settings returns the cached sampler and
+    replays its graphs: no new program or capture, the same samples, and no start-up cost."""
+    model = _model("mnist")
+    batch = 100
+    x0 = _x0("mnist", batch)
+
+    def call():
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        sampler = get_graph_sampler(model, batch, eps=EPS, steps_per_level=1, step_convention=CONVENTION,
+                                    precision="bf16")
+        out = sampler.sample(batch, seed=0, x0=x0)
+        torch.cuda.synchronize()
+        return sampler, out, time.perf_counter() - t
+
+    first, a, first_s = call()
+    captures = first.captures
+    second, b, second_s = call()
+    record_property("first_call_s", first_s)
+    record_property("second_call_s", second_s)
+    assert second is first
+    assert first.use_graphs and captures >= 1
+    assert second.captures == captures and second.programs_built == 1
+    assert torch.equal(a, b)
+    # the first call warms up (compiles) and captures; the second only replays its 10 steps
+    assert second_s < 0.5 * first_s, (first_s, second_s)
