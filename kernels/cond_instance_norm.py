@@ -356,17 +356,20 @@ def _cin_bwd_kernel(
                 mean = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
                 rstd = tl.load(rstd_ptr + cs, mask=cmask, other=0.0)
                 scale, bias, gamma, alpha, t = _affine_coeffs(w_row, cs, cmask, C, mean, rstd, m, q, HAS_BETA, ACC)
-                s = tl.zeros([BLOCK_C], ACC)
-                p = tl.zeros([BLOCK_C], ACC)
+                # tile-shaped accumulators, reduced once after the loop: a reduction inside the loop
+                # trips an assertion of Triton 3.6's OptimizeThreadLocality pass on sm_90 (ELU off)
+                s2 = tl.zeros([BLOCK_C, BLOCK_P], ACC)
+                p2 = tl.zeros([BLOCK_C, BLOCK_P], ACC)
                 for p0 in range(0, HW, BLOCK_P):
                     ps = p0 + offs_p
                     mask = cmask[:, None] & (ps < HW)[None, :]
                     ptrs = cs[:, None] * stride_c + ps[None, :] * stride_p
                     xc = tl.where(mask, tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC) - mean[:, None], 0.0)
                     g = _output_grad(xc, tl.load(dy_ptr + ptrs, mask=mask, other=0.0).to(ACC), scale, bias, ELU)
-                    s += tl.sum(g, 1)
-                    p += tl.sum(g * xc, 1)
-                p = p * rstd
+                    s2 += g
+                    p2 += g * xc
+                s = tl.sum(s2, 1)
+                p = tl.sum(p2, 1) * rstd
                 tl.store(s_ptr + cs, s, mask=cmask)
                 tl.store(p_ptr + cs, p, mask=cmask)
                 _store_weight_grads(dw_ptr, cs, cmask, C, s, p, gamma, alpha, t, HAS_BETA)

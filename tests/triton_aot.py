@@ -1,0 +1,102 @@
+"""Compile the CIN++ Triton launches for sm_90 without a GPU (run as a script; see test_triton_compile.py).
+
+Must run without ``TRITON_INTERPRET`` (the interpreter replaces the JIT functions the compiler needs),
+hence a separate process.  Exit status 1 and a list on stderr when a launch does not compile.
+"""
+import itertools
+import sys
+
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fastncsn.kernels import cond_instance_norm as cin
+
+_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+          torch.int64: "i64", torch.int32: "i32"}
+_OPTIONS = ("num_warps", "num_stages")
+
+
+class _Capture:
+    """Stands in for a ``@triton.jit`` function: records ``kernel[grid](*args, **kw)`` instead of launching."""
+
+    def __init__(self, fn, calls):
+        self.fn, self.calls = fn, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.calls.append((self.fn, args, kw))
+
+
+def _source(fn, args, kw):
+    """(ASTSource, options, key) for one captured launch, specialised as the JIT would."""
+    names = fn.arg_names
+    signature, constants, attrs = {}, {}, {}
+    for i, (name, a) in enumerate(zip(names, args)):
+        if isinstance(a, torch.Tensor):
+            signature[name] = "*" + _TYPES[a.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(a, bool):
+            signature[name] = "i1"
+        elif isinstance(a, int) and a == 1:
+            signature[name] = "constexpr"
+            constants[(i,)] = 1
+        elif isinstance(a, int):
+            signature[name] = "i32" if abs(a) < 2**31 else "i64"
+            if a % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(a, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"{name}: cannot type {type(a)}")
+    options = {k: v for k, v in kw.items() if k in _OPTIONS}
+    for name, v in kw.items():
+        if name not in _OPTIONS:
+            signature[name] = "constexpr"
+            constants[(names.index(name),)] = v
+    key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted((k, str(v)) for k, v in constants.items())),
+           tuple(sorted(attrs)), tuple(sorted(options.items())))
+    return ASTSource(fn, signature, constants, attrs), options, key
+
+
+def _cin_launches():
+    calls = []
+    for name in ("_cin_fwd_kernel", "_cin_bwd_kernel", "_level_sum_kernel"):
+        setattr(cin, name, _Capture(getattr(cin, name), calls))
+    # the MNIST network's largest layers at the training batch: every launch plan (fused, split,
+    # one tile), both layouts, fp32 and bf16, with and without ELU, with and without beta
+    for (n, c, h, w), dtype, channels_last, activation, k, split in itertools.product(
+            [(128, 64, 28, 28), (128, 128, 7, 7)], (torch.float32, torch.bfloat16), (False, True),
+            ("none", "elu"), (2, 3), (None, True)):
+        x = torch.empty(n, c, h, w, dtype=dtype)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        levels = torch.zeros(n, dtype=torch.long)
+        weight = torch.empty(10, k * c)
+        stats = torch.empty(n, c)
+        cin.launch_cin_fwd(x, levels, weight, 1e-5, activation, split=split)
+        cin.launch_cin_bwd(torch.empty_like(x), x, levels, weight, stats, stats, 1e-5, activation, split=split)
+    return calls
+
+
+def main() -> int:
+    calls = _cin_launches()
+    sources = {}
+    for fn, args, kw in calls:
+        src, options, key = _source(fn, args, kw)
+        sources.setdefault(key, (src, options))
+    failed = []
+    for key, (src, options) in sources.items():
+        try:
+            triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+        except Exception as exc:  # the compiler raises RuntimeError/CompilationError; report them all
+            failed.append(f"{key[0]} {dict(key[2])} {options}: {str(exc).splitlines()[0][:160]}")
+    print(f"{len(sources)} distinct launches compiled for sm_90, {len(failed)} failed (triton {triton.__version__})")
+    for line in failed:
+        print(line, file=sys.stderr)
+    return 1 if failed or len(sources) < 20 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
