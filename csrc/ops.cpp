@@ -11,6 +11,7 @@
 #include <array>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include <ATen/ATen.h>
@@ -25,19 +26,36 @@ namespace {
 
 using at::Tensor;
 
+// Error messages are assembled from plain strings.  On the H100 image (torch 2.11, g++ 13.3) a
+// TORCH_CHECK whose message streamed a shape or an integer crashed the process (segfault while the
+// error was raised) instead of raising ValueError; messages made of strings alone raised cleanly
+// (seen 2026-11-22).  So every non-string piece goes through txt() first.
+std::string txt(int64_t v) { return std::to_string(v); }
+std::string txt(double v) { return std::to_string(v); }
+std::string txt(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+std::string txt(const at::Device& d) {
+  if (d.is_cuda()) return "cuda:" + std::to_string(static_cast<int>(d.index()));
+  return d.is_cpu() ? std::string("cpu") : std::string("a non-CUDA device");
+}
+std::string txt(at::ScalarType t) { return std::string(c10::toString(t)); }
+
 fastncsn::DType kernel_dtype(const Tensor& t, const char* name) {
   switch (t.scalar_type()) {
     case at::kFloat: return fastncsn::DType::kFloat32;
     case at::kBFloat16: return fastncsn::DType::kBFloat16;
     case at::kHalf: return fastncsn::DType::kFloat16;
     default:
-      TORCH_CHECK_TYPE(false, name, ": expected a float32, bfloat16 or float16 tensor, got ", t.scalar_type());
+      TORCH_CHECK_TYPE(false, name, ": expected a float32, bfloat16 or float16 tensor, got ", txt(t.scalar_type()));
   }
 }
 
 void check_cuda_tensor(const Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK_VALUE(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
-  TORCH_CHECK_VALUE(t.device() == device, name, ": expected a tensor on ", device, " (x's device), got ", t.device());
+  TORCH_CHECK_VALUE(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", txt(t.device()));
+  TORCH_CHECK_VALUE(t.device() == device, name, ": expected a tensor on ", txt(device), " (x's device), got ", txt(t.device()));
 }
 
 // Multiprocessor count per device, read once (no query inside a captured region after the first call).
@@ -70,7 +88,7 @@ bool is_dense(const Tensor& x) {
 }
 
 fastncsn::CinPlan cin_plan(int64_t plan) {
-  TORCH_CHECK_VALUE(plan >= -1 && plan <= 1, "plan: expected -1 (auto), 0 (fused) or 1 (split), got ", plan);
+  TORCH_CHECK_VALUE(plan >= -1 && plan <= 1, "plan: expected -1 (auto), 0 (fused) or 1 (split), got ", txt(plan));
   return static_cast<fastncsn::CinPlan>(plan);
 }
 
@@ -83,20 +101,20 @@ bool elu_of(c10::string_view activation) {
 // Checks the CIN++ operands; returns the launch shape of the dense tensor xd.
 fastncsn::CinShape cin_shape(const Tensor& x, const Tensor& xd, const Tensor& level_index, const Tensor& weight,
                              double eps, bool elu) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor [N, C, H, W], got ", txt(x.sizes()));
   kernel_dtype(x, "x");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   check_cuda_tensor(level_index, "level_index", x.device());
   TORCH_CHECK_TYPE(level_index.scalar_type() == at::kLong || level_index.scalar_type() == at::kInt,
-                   "level_index: expected an int64 or int32 tensor, got ", level_index.scalar_type());
-  TORCH_CHECK_VALUE(level_index.dim() == 1 && level_index.size(0) == n, "level_index: expected shape [", n,
-                    "], got ", level_index.sizes());
+                   "level_index: expected an int64 or int32 tensor, got ", txt(level_index.scalar_type()));
+  TORCH_CHECK_VALUE(level_index.dim() == 1 && level_index.size(0) == n, "level_index: expected shape [", txt(n),
+                    "], got ", txt(level_index.sizes()));
   check_cuda_tensor(weight, "weight", x.device());
-  TORCH_CHECK_TYPE(weight.is_floating_point(), "weight: expected a floating-point tensor, got ", weight.scalar_type());
+  TORCH_CHECK_TYPE(weight.is_floating_point(), "weight: expected a floating-point tensor, got ", txt(weight.scalar_type()));
   TORCH_CHECK_VALUE(weight.dim() == 2 && (weight.size(1) == 2 * c || weight.size(1) == 3 * c),
-                    "weight: expected [num_levels, 3*C] (gamma|alpha|beta) or [num_levels, 2*C] with C=", c,
-                    ", got ", weight.sizes());
-  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative epsilon, got ", eps);
+                    "weight: expected [num_levels, 3*C] (gamma|alpha|beta) or [num_levels, 2*C] with C=", txt(c),
+                    ", got ", txt(weight.sizes()));
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative epsilon, got ", txt(eps));
   const int64_t stride_p = w > 1 ? xd.stride(3) : (h > 1 ? xd.stride(2) : 1);
   return fastncsn::CinShape{n, c, h * w, xd.stride(0), xd.stride(1), stride_p, weight.size(0),
                             weight.size(1) == 3 * c, level_index.scalar_type() == at::kLong, elu,
@@ -107,7 +125,7 @@ fastncsn::CinShape cin_shape(const Tensor& x, const Tensor& xd, const Tensor& le
 
 std::tuple<Tensor, Tensor, Tensor> cin_plus_fwd(const Tensor& x, const Tensor& level_index, const Tensor& weight,
                                                 double eps, c10::string_view activation, int64_t plan) {
-  TORCH_CHECK_VALUE(x.is_cuda(), "x: expected a CUDA tensor, got one on ", x.device());
+  TORCH_CHECK_VALUE(x.is_cuda(), "x: expected a CUDA tensor, got one on ", txt(x.device()));
   const bool elu = elu_of(activation);
   const at::MemoryFormat fmt = dense_format(x);
   const Tensor xd = x.contiguous(fmt);
@@ -130,17 +148,17 @@ std::tuple<Tensor, Tensor, Tensor> cin_plus_fwd(const Tensor& x, const Tensor& l
 std::tuple<Tensor, Tensor> cin_plus_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& level_index,
                                         const Tensor& weight, const Tensor& mu, const Tensor& rstd, double eps,
                                         c10::string_view activation, int64_t plan) {
-  TORCH_CHECK_VALUE(x.is_cuda(), "x: expected a CUDA tensor, got one on ", x.device());
+  TORCH_CHECK_VALUE(x.is_cuda(), "x: expected a CUDA tensor, got one on ", txt(x.device()));
   const bool elu = elu_of(activation);
   const at::MemoryFormat fmt = dense_format(x);
   const Tensor xd = x.contiguous(fmt);
   const fastncsn::CinShape shape = cin_shape(x, xd, level_index, weight, eps, elu);
   check_cuda_tensor(grad_out, "grad_out", x.device());
-  TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), "grad_out: expected shape ", x.sizes(), ", got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), "grad_out: expected shape ", txt(x.sizes()), ", got ", txt(grad_out.sizes()));
   const auto check_stats = [&](const Tensor& t, const char* name) {
     check_cuda_tensor(t, name, x.device());
     TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == shape.n && t.size(1) == shape.c, name, ": expected shape [",
-                      shape.n, ", ", shape.c, "], got ", t.sizes());
+                      txt(shape.n), ", ", txt(shape.c), "], got ", txt(t.sizes()));
   };
   check_stats(mu, "mu");
   check_stats(rstd, "rstd");
@@ -188,33 +206,33 @@ std::pair<Tensor, bool> same_layout(const Tensor& t, const Tensor& x, const char
     return {r, true};
   }
   TORCH_CHECK_VALUE(at::is_expandable_to(t.sizes(), x.sizes()), name, ": expected a shape broadcastable to ",
-                    x.sizes(), ", got ", t.sizes());
+                    txt(x.sizes()), ", got ", txt(t.sizes()));
   return {at::empty_strided(x.sizes(), x.strides(), x.options().dtype(dtype)).copy_(t.expand(x.sizes())), false};
 }
 
 void check_counter(const Tensor& t, const char* name, const Tensor& x) {
   check_cuda_tensor(t, name, x.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, ": expected an int64 tensor, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.numel() == 1, name, ": expected one element, got shape ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, ": expected an int64 tensor, got ", txt(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.numel() == 1, name, ": expected one element, got shape ", txt(t.sizes()));
 }
 
 void langevin_step_(const Tensor& x, const Tensor& score, const Tensor& step_size, const Tensor& seed, const Tensor& offset,
                     const std::optional<Tensor>& noise, const std::optional<Tensor>& mask,
                     const std::optional<Tensor>& known, std::optional<double> clamp_lo,
                     std::optional<double> clamp_hi) {
-  TORCH_CHECK_VALUE(x.is_cuda(), "x: expected a CUDA tensor, got one on ", x.device());
+  TORCH_CHECK_VALUE(x.is_cuda(), "x: expected a CUDA tensor, got one on ", txt(x.device()));
   TORCH_CHECK_VALUE(x.dim() >= 1, "x: expected a tensor [N, ...], got a 0-d tensor");
   const fastncsn::DType x_dtype = kernel_dtype(x, "x");
   TORCH_CHECK_VALUE(is_dense(x), "x: expected a contiguous or channels-last tensor (the update is in place)");
   check_cuda_tensor(score, "score", x.device());
-  TORCH_CHECK_VALUE(score.sizes() == x.sizes(), "score: expected shape ", x.sizes(), ", got ", score.sizes());
+  TORCH_CHECK_VALUE(score.sizes() == x.sizes(), "score: expected shape ", txt(x.sizes()), ", got ", txt(score.sizes()));
   const fastncsn::DType score_dtype = kernel_dtype(score, "score");
   check_cuda_tensor(step_size, "step_size", x.device());
   TORCH_CHECK_TYPE(step_size.is_floating_point(), "step_size: expected a floating-point tensor, got ",
-                   step_size.scalar_type());
+                   txt(step_size.scalar_type()));
   const int64_t n = x.size(0);
   TORCH_CHECK_VALUE(step_size.numel() == 1 || (step_size.dim() == 1 && step_size.size(0) == n),
-                    "step_size: expected one element or shape [", n, "], got ", step_size.sizes());
+                    "step_size: expected one element or shape [", txt(n), "], got ", txt(step_size.sizes()));
   check_counter(seed, "seed", x);
   check_counter(offset, "offset", x);
   TORCH_CHECK_VALUE(mask.has_value() == known.has_value(), "mask, known: pass both or neither");
@@ -225,7 +243,7 @@ void langevin_step_(const Tensor& x, const Tensor& score, const Tensor& step_siz
   const Tensor step = step_size.to(at::kFloat).reshape({-1}).contiguous();
   Tensor noise_d;
   if (noise.has_value()) {
-    TORCH_CHECK_VALUE(noise->sizes() == x.sizes(), "noise: expected shape ", x.sizes(), ", got ", noise->sizes());
+    TORCH_CHECK_VALUE(noise->sizes() == x.sizes(), "noise: expected shape ", txt(x.sizes()), ", got ", txt(noise->sizes()));
     noise_d = same_layout(*noise, x, "noise", at::kFloat).first;
   }
   Tensor mask_d, known_d;
@@ -257,7 +275,7 @@ void langevin_step_(const Tensor& x, const Tensor& score, const Tensor& step_siz
 }
 
 Tensor langevin_noise(const Tensor& seed, const Tensor& offset, const Tensor& like) {
-  TORCH_CHECK_VALUE(like.is_cuda(), "like: expected a CUDA tensor, got one on ", like.device());
+  TORCH_CHECK_VALUE(like.is_cuda(), "like: expected a CUDA tensor, got one on ", txt(like.device()));
   check_counter(seed, "seed", like);
   check_counter(offset, "offset", like);
   const c10::cuda::CUDAGuard guard(like.device());

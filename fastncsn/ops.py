@@ -45,11 +45,15 @@ __all__ = [
 BACKENDS = ("auto", "triton", "cuda", "torch")
 
 #: order in which ``auto`` tries backends for CUDA tensors, per op.  Keep in
-#: sync with the measured figures in ``benchmarks/results`` (the CUDA-extension
-#: issue records which is faster per op).
+#: sync with the measured figures in ``benchmarks/results``: on the H100
+#: (``h100-2026-11-22-cuda-ops.json``) the CUDA C++ op took, as a geometric mean
+#: over the 24 (CIN++) or 8 (Langevin) benchmarked shapes, 0.81x (CIN++ forward),
+#: 0.70x (CIN++ backward) and 0.28x (Langevin step) the Triton kernel's time, so
+#: ``cuda`` comes first where the extension is built (Triton stays faster on the
+#: largest fp32 NCHW CIN++ shapes; a per-shape choice is future work).
 AUTO_PREFERENCE = {
-    "cond_instance_norm_plus": ("triton", "cuda", "torch"),
-    "langevin_step_": ("triton", "cuda", "torch"),
+    "cond_instance_norm_plus": ("cuda", "triton", "torch"),
+    "langevin_step_": ("cuda", "triton", "torch"),
 }
 
 _BACKEND_MODULES = {"triton": "fastncsn.kernels", "cuda": "fastncsn.cuda_ops"}
