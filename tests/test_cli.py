@@ -116,6 +116,34 @@ def test_train_defaults_follow_the_recipe(tmp_path, monkeypatch, capsys):
     assert "device" in capsys.readouterr().err
 
 
+def test_train_fast_precision_compile_tensorboard_flags(tmp_path, monkeypatch, capsys):
+    import fastncsn.training as training
+    seen = {}
+
+    def fake_train(model, **kw):
+        seen.update(kw)
+        m = CondRefineNetDilated(28, 1, ngf=4, num_levels=3)
+        m.train_step = kw["steps"]
+        return m
+
+    monkeypatch.setattr(training, "train", fake_train)
+    base = ["train", "--data", "digits", "--out", str(tmp_path), "--device", "cpu", "--quiet"]
+    assert main(base) == 0
+    assert (seen["fast"], seen["precision"], seen["compile"], seen["tensorboard_dir"]) == (None, None, None, None)
+    assert main(base + ["--fast", "--precision", "fp32", "--no-compile", "--tensorboard", str(tmp_path / "tb")]) == 0
+    assert (seen["fast"], seen["precision"], seen["compile"], seen["tensorboard_dir"]) == (
+        True, "fp32", False, str(tmp_path / "tb"))
+    assert main(base + ["--no-fast"]) == 0 and seen["fast"] is False
+    capsys.readouterr()
+    # impossible combinations: one line naming the flag, exit 2
+    for flags, start in [(["--no-fast", "--precision", "bf16"], "fastncsn: error: --precision:"),
+                         (["--no-fast", "--compile"], "fastncsn: error: --compile:"),
+                         (["--fast", "--compile"], "fastncsn: error: --compile:")]:
+        assert main(base + flags) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith(start) and len(err.strip().splitlines()) == 1, (flags, err)
+
+
 def test_trained_digits_checkpoint_carries_sampling_defaults(tmp_path):
     from fastncsn.training import DATASET_SAMPLING, train
     train(data="digits", steps=1, batch_size=2, ngf=4, num_levels=3, out_dir=str(tmp_path), progress=False)

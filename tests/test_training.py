@@ -10,7 +10,8 @@ import torch
 
 from fastncsn.training import EMA, find_checkpoints, train
 
-TINY = dict(ngf=4, num_levels=4, batch_size=8, progress=False, log_every=1)
+#: CPU pinned: on a CUDA machine the default device would take the fast (bf16, compiled) path
+TINY = dict(ngf=4, num_levels=4, batch_size=8, progress=False, log_every=1, device="cpu")
 
 
 def _weights(model):
