@@ -34,3 +34,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def tol():
     return TOL
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one CPU thread (tiny networks: one thread is faster than two fighting over a
+    shared 2-core machine); restores the previous count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -27,11 +27,8 @@ BF16_CURVE_MEAN, BF16_CURVE_MAX = 2e-2, 5e-2
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Tiny CPU networks: one thread (fixture in conftest.py)."""
 
 
 def _log(path):

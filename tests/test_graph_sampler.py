@@ -22,12 +22,8 @@ F32 = torch.float32
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny CPU networks: one thread is faster than two fighting over a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Tiny CPU networks: one thread (fixture in conftest.py)."""
 
 
 class PhiloxNoise:
