@@ -140,22 +140,20 @@ def _cmd_train(a) -> None:
     if recipe == dict(recipe, **CPU_DIGITS_RECIPE) and not a.quiet:
         print("fastncsn: CPU recipe for the embedded digits: ngf 8, batch 64, lr 2e-3, EMA 0.99, 1500 steps "
               "(~10 min on 2 cores); --ngf/--batch-size/--lr/--ema/--steps override it")
-    if a.precision == "bf16" and a.fast is False:
-        raise CLIError("--precision: bf16 is for the fast training step; the reference step (--no-fast) is fp32")
-    if a.compile and a.fast is False:
-        raise CLIError("--compile: only the fast training step (--fast) is compiled")
-    if a.compile and not str(a.device or "").startswith("cuda"):
-        import torch
-        if a.device is not None or not torch.cuda.is_available():
-            raise CLIError(f"--compile: torch.compile of the blocks is for CUDA devices, got "
-                           f"{a.device or 'cpu'!r} (pass --device cuda, or --no-compile)")
-    model = train(None, data=data, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                  out_dir=a.out, checkpoint_every=a.checkpoint_every, keep_last=a.keep_last,
-                  ema_rate=recipe["ema_rate"] or None, seed=a.seed,
-                  device=a.device, progress=not a.quiet, resume=not a.no_resume, ngf=recipe["ngf"],
-                  num_levels=a.num_levels, sigma_1=a.sigma_1, sigma_L=a.sigma_L, schedule=a.schedule,
-                  root=a.root, fast=a.fast, precision=a.precision, compile=a.compile,
-                  tensorboard_dir=a.tensorboard, extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
+    try:
+        model = train(None, data=data, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
+                      out_dir=a.out, checkpoint_every=a.checkpoint_every, keep_last=a.keep_last,
+                      ema_rate=recipe["ema_rate"] or None, seed=a.seed,
+                      device=a.device, progress=not a.quiet, resume=not a.no_resume, ngf=recipe["ngf"],
+                      num_levels=a.num_levels, sigma_1=a.sigma_1, sigma_L=a.sigma_L, schedule=a.schedule,
+                      root=a.root, fast=a.fast, precision=a.precision, compile=a.compile,
+                      tensorboard_dir=a.tensorboard, extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
+    except ValueError as exc:
+        # train checks the fast/precision/compile combination (fastncsn.fast_training.resolve_fast_options)
+        # before any work; name the flag in its one-line error
+        if str(exc).split(":", 1)[0] in ("fast", "precision", "compile"):
+            raise CLIError(f"--{exc}") from None
+        raise
     print(f"fastncsn: trained {type(model).__name__} to step {model.train_step} of {recipe['steps']}; "
           f"checkpoints in {a.out}")
 

@@ -88,17 +88,25 @@ def test_train_then_sample(tmp_path, capsys):
                  "--steps-per-level", "1", "--out", str(tmp_path / "x.png"), "--quiet"]) == 0
 
 
-def test_train_defaults_follow_the_recipe(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Replace fastncsn.training.train by a stub that records its keyword arguments (the returned dict)."""
     import fastncsn.training as training
     seen = {}
 
-    def fake_train(model, **kw):
+    def fake(model, **kw):
         seen.update(kw)
         m = CondRefineNetDilated(28, 1, ngf=4, num_levels=3)
         m.train_step = kw["steps"]
         return m
 
-    monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(training, "train", fake)
+    return seen
+
+
+def test_train_defaults_follow_the_recipe(tmp_path, fake_train, capsys):
+    import fastncsn.training as training
+    seen = fake_train
     assert main(["train", "--data", "digits", "--out", str(tmp_path), "--device", "cpu"]) == 0
     assert "CPU recipe" in capsys.readouterr().out
     r = training.CPU_DIGITS_RECIPE
@@ -116,17 +124,8 @@ def test_train_defaults_follow_the_recipe(tmp_path, monkeypatch, capsys):
     assert "device" in capsys.readouterr().err
 
 
-def test_train_fast_precision_compile_tensorboard_flags(tmp_path, monkeypatch, capsys):
-    import fastncsn.training as training
-    seen = {}
-
-    def fake_train(model, **kw):
-        seen.update(kw)
-        m = CondRefineNetDilated(28, 1, ngf=4, num_levels=3)
-        m.train_step = kw["steps"]
-        return m
-
-    monkeypatch.setattr(training, "train", fake_train)
+def test_train_fast_precision_compile_tensorboard_flags(tmp_path, fake_train, monkeypatch, capsys):
+    seen = fake_train
     base = ["train", "--data", "digits", "--out", str(tmp_path), "--device", "cpu", "--quiet"]
     assert main(base) == 0
     assert (seen["fast"], seen["precision"], seen["compile"], seen["tensorboard_dir"]) == (None, None, None, None)
@@ -135,7 +134,8 @@ def test_train_fast_precision_compile_tensorboard_flags(tmp_path, monkeypatch, c
         True, "fp32", False, str(tmp_path / "tb"))
     assert main(base + ["--no-fast"]) == 0 and seen["fast"] is False
     capsys.readouterr()
-    # impossible combinations: one line naming the flag, exit 2
+    # impossible combinations, refused by the real train before any work: one line naming the flag, exit 2
+    monkeypatch.undo()
     for flags, start in [(["--no-fast", "--precision", "bf16"], "fastncsn: error: --precision:"),
                          (["--no-fast", "--compile"], "fastncsn: error: --compile:"),
                          (["--fast", "--compile"], "fastncsn: error: --compile:")]:

@@ -6,7 +6,6 @@ hence a separate process.  Exit status 1 and a list on stderr when a launch does
 import itertools
 import sys
 
-
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
