@@ -2,7 +2,9 @@
 
 * ``digits`` -- the embedded default: scikit-learn's real handwritten digits
   (``load_digits``, 1,797 images, 8x8), resized to the 28x28 configuration.
-  Ships with scikit-learn: no download.
+  Ships with scikit-learn: no download. ``embedded_digits()`` gives them as
+  tensors, ``digits_split()`` a stratified train / held-out split (the digits
+  classifier of :mod:`fastncsn.metrics` is trained and checked on it).
 * ``mnist``, ``cifar10``, ``celeba`` (centre crop 140, resize 32),
   ``stanford_cars`` (resize 32) through torchvision when it is installed and the
   files are present under ``root`` (``download=True`` to fetch them).
@@ -13,15 +15,18 @@ random horizontal flips (CIFAR-10, CelebA), optional logit transform.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 __all__ = ["DATASET_CONFIGS", "DATASETS", "get_dataset", "dequantize", "random_hflip", "logit_transform",
-           "inverse_logit_transform", "ImageFolderDataset", "digits_tensor"]
+           "inverse_logit_transform", "ImageFolderDataset", "digits_tensor", "embedded_digits",
+           "digits_split"]
 
 #: default model configuration per dataset (image size and channels), and whether
 #: the reference flips images during training
@@ -38,20 +43,60 @@ DATASETS = tuple(DATASET_CONFIGS)
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def digits_tensor(image_size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
-    """The embedded digits as tensors: ``([1797, 1, S, S] in [0, 1], labels [1797])``.
-
-    Pixel values 0..16 are scaled to [0, 1]; 8x8 -> SxS bilinear
-    (``align_corners=False``, no antialiasing: an upsampling).
-    """
-    if image_size == 28:
-        from .metrics import embedded_digits  # one loader for the whole package (cached)
-        return embedded_digits()
+@functools.lru_cache(maxsize=4)
+def _digits_cached(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
-    return x, torch.tensor(d.target, dtype=torch.long)
+
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return images.clamp_(0.0, 1.0), torch.as_tensor(bunch.target, dtype=torch.int64)
+
+
+def digits_tensor(image_size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded digits as tensors: ``([1797, 1, S, S] float32 in [0, 1], labels [1797] int64)``.
+
+    scikit-learn's ``load_digits`` (1797 images, 8x8, pixel values 0..16) scaled to
+    [0, 1] and resized 8x8 -> SxS bilinear (``align_corners=False``, no antialiasing:
+    an upsampling). Loaded once per size and process; returns fresh copies.
+    """
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
+    images, labels = _digits_cached(image_size)
+    return images.clone(), labels.clone()
+
+
+def embedded_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded digits at 28x28: ``(images [1797, 1, 28, 28] float32 in [0, 1], labels [1797] int64)``.
+
+    ``digits_tensor(28)``: the 28x28 configuration every digits model, the digits
+    classifier and the digits-FID use (fresh copies).
+    """
+    return digits_tensor(28)
+
+
+def digits_split(holdout_fraction: float = 0.2, seed: int = 0):
+    """Stratified train / held-out split of the embedded digits.
+
+    Each class is permuted with ``numpy.random.default_rng(seed)`` and its first
+    ``round(holdout_fraction * count)`` images are held out.
+
+    Returns:
+        ``(train_x, train_y, test_x, test_y)`` with images ``[*, 1, 28, 28]``.
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
+    images, labels = embedded_digits()
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in range(10):
+        idx = np.flatnonzero(labels.numpy() == c)
+        idx = rng.permutation(idx)
+        held.append(idx[: int(round(holdout_fraction * idx.size))])
+    mask = np.zeros(labels.shape[0], dtype=bool)
+    mask[np.concatenate(held)] = True
+    mask_t = torch.from_numpy(mask)
+    return images[~mask_t], labels[~mask_t], images[mask_t], labels[mask_t]
 
 
 class ImageFolderDataset(Dataset):

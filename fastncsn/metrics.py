@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import digits_split, embedded_digits
+
 __all__ = [
     "frechet_distance",
     "FeatureStats",
@@ -52,8 +54,6 @@ __all__ = [
     "save_digits_classifier",
     "load_digits_classifier",
     "digits_fid",
-    "embedded_digits",
-    "digits_split",
     "ClassHistogram",
     "class_histogram",
     "class_histogram_from_labels",
@@ -535,53 +535,8 @@ class InceptionFeatures(nn.Module):
 
 
 # --------------------------------------------------------------------------- #
-# The embedded digits and the digits classifier
+# The digits classifier (the digits themselves: fastncsn.data)
 # --------------------------------------------------------------------------- #
-@functools.lru_cache(maxsize=1)
-def _embedded_digits_cached() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
-    return images.clamp_(0.0, 1.0), torch.as_tensor(bunch.target, dtype=torch.int64)
-
-
-def embedded_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """The embedded digits: scikit-learn's ``load_digits`` (1797 images, 8x8, 0..16)
-    scaled to [0, 1] and resized to 28x28 (bilinear, ``align_corners=False``).
-
-    Returns:
-        ``(images [1797, 1, 28, 28] float32, labels [1797] int64)`` (fresh copies).
-    """
-    images, labels = _embedded_digits_cached()
-    return images.clone(), labels.clone()
-
-
-def digits_split(holdout_fraction: float = 0.2, seed: int = 0):
-    """Stratified train / held-out split of the embedded digits.
-
-    Each class is permuted with ``numpy.random.default_rng(seed)`` and its first
-    ``round(holdout_fraction * count)`` images are held out.
-
-    Returns:
-        ``(train_x, train_y, test_x, test_y)`` with images ``[*, 1, 28, 28]``.
-    """
-    if not 0.0 < holdout_fraction < 1.0:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
-    images, labels = embedded_digits()
-    rng = np.random.default_rng(seed)
-    held = []
-    for c in range(10):
-        idx = np.flatnonzero(labels.numpy() == c)
-        idx = rng.permutation(idx)
-        held.append(idx[: int(round(holdout_fraction * idx.size))])
-    mask = np.zeros(labels.shape[0], dtype=bool)
-    mask[np.concatenate(held)] = True
-    mask_t = torch.from_numpy(mask)
-    return images[~mask_t], labels[~mask_t], images[mask_t], labels[mask_t]
-
-
 class DigitsClassifier(nn.Module):
     """Small 3-layer CNN for the 28x28 digits (like the labelling CNN of seed 000).
 

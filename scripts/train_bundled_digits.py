@@ -24,7 +24,7 @@ import torch
 
 def train(ngf: int, steps: int, bs: int, out: str = "runs") -> None:
     from fastncsn.losses import dsm_loss
-    from fastncsn.metrics import embedded_digits
+    from fastncsn.data import embedded_digits
     from fastncsn.models.refinenet import CondRefineNetDilated
     torch.set_num_threads(1)
     torch.manual_seed(0)

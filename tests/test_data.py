@@ -2,8 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastncsn.data import (DATASET_CONFIGS, dequantize, get_dataset, inverse_logit_transform, logit_transform,
-                           random_hflip)
+from fastncsn.data import (DATASET_CONFIGS, dequantize, digits_split, digits_tensor, embedded_digits, get_dataset,
+                           inverse_logit_transform, logit_transform, random_hflip)
 
 
 def test_digits_embedded():
@@ -13,6 +13,25 @@ def test_digits_embedded():
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
     assert int(y) == 0
     assert DATASET_CONFIGS["digits"]["image_size"] == 28
+
+
+def test_embedded_digits_format():
+    images, labels = embedded_digits()
+    assert images.shape == (1797, 1, 28, 28) and images.dtype == torch.float32
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    assert sorted(labels.unique().tolist()) == list(range(10))
+    train_x, _, test_x, test_y = digits_split()
+    assert train_x.shape[0] + test_x.shape[0] == 1797
+    assert torch.bincount(test_y).min() >= 34  # stratified: ~20% of every class (>= 174 each)
+
+
+def test_digits_tensor_sizes_share_one_loader():
+    x28, y28 = digits_tensor(28)
+    x16, y16 = digits_tensor(16)
+    assert x16.shape == (1797, 1, 16, 16) and torch.equal(y16, y28)
+    assert torch.equal(x28, embedded_digits()[0])
+    x28.zero_()                                    # callers get copies: the cache is not touched
+    assert float(embedded_digits()[0].max()) > 0
 
 
 def test_dequantize_and_transforms():

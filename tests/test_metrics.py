@@ -7,6 +7,7 @@ import torch
 
 import fastncsn
 from fastncsn import metrics as M
+from fastncsn.data import digits_split
 
 
 def _random_spd(rng, d, rank=None):
@@ -227,7 +228,7 @@ def test_digits_classifier_asset_is_packaged_and_small():
 def test_digits_classifier_heldout_accuracy():
     model = M.load_digits_classifier()
     meta = model.metadata
-    _, _, test_x, test_y = M.digits_split(meta["holdout_fraction"], meta["split_seed"])
+    _, _, test_x, test_y = digits_split(meta["holdout_fraction"], meta["split_seed"])
     assert test_x.shape[0] == meta["num_heldout"]
     with torch.no_grad():
         logits = model(test_x)
@@ -240,18 +241,8 @@ def test_digits_classifier_heldout_accuracy():
         model(torch.zeros(2, 1, 8, 8))
 
 
-def test_embedded_digits_format():
-    images, labels = M.embedded_digits()
-    assert images.shape == (1797, 1, 28, 28) and images.dtype == torch.float32
-    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
-    assert sorted(labels.unique().tolist()) == list(range(10))
-    train_x, _, test_x, test_y = M.digits_split()
-    assert train_x.shape[0] + test_x.shape[0] == 1797
-    assert torch.bincount(test_y).min() >= 34  # stratified: ~20% of every class (>= 174 each)
-
-
 def test_digits_fid_separates_digits_from_noise():
-    train_x, _, test_x, _ = M.digits_split()
+    train_x, _, test_x, _ = digits_split()
     noise = torch.rand(test_x.shape[0], 1, 28, 28, generator=torch.Generator().manual_seed(0))
     real = M.digits_fid(test_x, reference=train_x)
     fake = M.digits_fid(noise, reference=train_x)
@@ -291,7 +282,7 @@ def test_class_histogram_intervals_contain_proportion_and_shrink(method):
 
 
 def test_class_histogram_of_heldout_digits():
-    _, _, test_x, test_y = M.digits_split()
+    _, _, test_x, test_y = digits_split()
     h = M.class_histogram(test_x, confidence=0.95)
     true_freq = torch.bincount(test_y, minlength=10).numpy() / test_y.numel()
     assert h.n == test_x.shape[0]

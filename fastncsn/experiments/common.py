@@ -121,6 +121,7 @@ def check_file(path: Optional[str], what: str) -> None:
 def fid_scorer(classifier: Optional[str]) -> Callable[[torch.Tensor], float]:
     """digits-FID against all embedded digits, with the shipped classifier or the one at ``classifier``."""
     from .. import metrics
+    from ..data import embedded_digits
     if classifier is None:
         if not metrics.DIGITS_CLASSIFIER_PATH.is_file():
             raise ExperimentError(f"digits classifier weights missing ({metrics.DIGITS_CLASSIFIER_PATH}); create "
@@ -128,7 +129,7 @@ def fid_scorer(classifier: Optional[str]) -> Callable[[torch.Tensor], float]:
         return metrics.digits_fid
     check_file(classifier, "--classifier")
     net = metrics.load_digits_classifier(classifier)
-    ref = metrics.compute_feature_stats(metrics.embedded_digits()[0], net.features, 512)
+    ref = metrics.compute_feature_stats(embedded_digits()[0], net.features, 512)
     return lambda x: metrics.fid(x, (ref.mean(), ref.cov()), net.features, 512)
 
 

@@ -54,7 +54,8 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
     """
     from ..api import sample
     from ..cli import _to_pil, make_grid, save_grid
-    from ..metrics import class_histogram, embedded_digits, load_digits_classifier
+    from ..data import embedded_digits
+    from ..metrics import class_histogram, load_digits_classifier
     for nm, v in (("--n", n), ("--num-queries", num_queries), ("--k", k)):
         if not isinstance(v, int) or v < 1:
             raise common.ExperimentError(f"{nm}: expected an int >= 1, got {v!r}")

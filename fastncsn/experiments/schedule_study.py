@@ -68,7 +68,7 @@ def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: flo
         train_steps, sample_n, train_s, sample_s``.
     """
     from ..cli import save_grid
-    from ..metrics import embedded_digits
+    from ..data import embedded_digits
     schedules = common.check_schedules(schedules)
     common.check_levels(num_levels, sigma_1, sigma_L)
     r = common.resolve_recipe(quick, recipe)

@@ -63,7 +63,7 @@ def run(checkpoint: Optional[str] = None, n: int = 500, seed: int = 0, out_dir: 
 
     Returns one row per level with ``COLUMNS`` (norms are means over ``n`` inputs).
     """
-    from ..metrics import embedded_digits
+    from ..data import embedded_digits
     if not isinstance(n, int) or n < 1:
         raise common.ExperimentError(f"--n: expected an int >= 1, got {n!r}")
     model = load_model(checkpoint).cpu()
