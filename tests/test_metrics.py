@@ -8,6 +8,7 @@ import torch
 import fastncsn
 from fastncsn import metrics as M
 from fastncsn.data import digits_split
+from fastncsn.metrics.__main__ import main as metrics_main
 
 
 def _random_spd(rng, d, rank=None):
@@ -249,6 +250,11 @@ def test_digits_fid_separates_digits_from_noise():
     assert real < 0.05 * fake
     # default reference: all embedded digits (cached statistics)
     assert M.digits_fid(test_x) < 0.05 * M.digits_fid(noise)
+
+
+def test_metrics_command_without_action_prints_help(capsys):
+    assert metrics_main([]) == 2  # python -m fastncsn.metrics: nothing asked, usage and status 2
+    assert "--train-digits-classifier" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- class histograms
