@@ -6,58 +6,22 @@ corrupt checkpoints) print one ``fastncsn: error: ...`` line and exit with 2.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
 from typing import Optional, Sequence
 
-__all__ = ["main", "save_grid", "make_grid"]
+from .images import ensure_parent, save_gif, save_grid, save_strip
+
+__all__ = ["main"]
 
 
 class CLIError(Exception):
     """An expected failure reported as one line."""
 
 
-# ----------------------------------------------------------------------------- images
-
-def make_grid(x, nrow: Optional[int] = None, padding: int = 2, pad_value: float = 1.0):
-    """Tile ``x`` [N, C, H, W] (values in [0, 1]) into one [C, H', W'] image, ``nrow`` images per row."""
-    import torch
-    n, c, h, w = x.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / nrow)
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, top:top + h, left:left + w] = x[i].clamp(0, 1)
-    return grid
-
-
-def _to_pil(img, scale: int = 1):
-    from PIL import Image
-    arr = (img.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
-    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    return im
-
-
-def save_grid(x, path: str, nrow: Optional[int] = None, scale: int = 1) -> None:
-    """Write ``x`` [N, C, H, W] as a PNG grid."""
-    _ensure_parent(path)
-    _to_pil(make_grid(x.detach().float().cpu(), nrow), scale).save(path)
-
-
-def _ensure_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise CLIError(f"output: directory {parent!r} does not exist")
-
-
 def _save_tensor(x, path: str) -> None:
-    _ensure_parent(path)
+    ensure_parent(path)
     if path.endswith(".npz"):
         import numpy as np
         np.savez_compressed(path, samples=x.cpu().numpy())
@@ -116,13 +80,10 @@ def _cmd_sample(a) -> None:
         k = min(a.n, 8)
         frames = snaps[:, :k].clamp(0, 1)                       # [L, k, C, H, W]: end of each level
         if a.strip:
-            strip = frames.transpose(0, 1).reshape(-1, *frames.shape[2:])  # rows: images, cols: levels
-            save_grid(strip, a.strip, nrow=frames.shape[0], scale=a.scale)
+            save_strip(frames, a.strip, scale=a.scale)          # rows: images, cols: levels
             written.append(a.strip)
         if a.gif:
-            _ensure_parent(a.gif)
-            ims = [_to_pil(make_grid(f), a.scale) for f in list(frames) + [x[:k]]]
-            ims[0].save(a.gif, save_all=True, append_images=ims[1:], duration=300, loop=0)
+            save_gif(list(frames) + [x[:k]], a.gif, scale=a.scale)
             written.append(a.gif)
     print(f"fastncsn: {a.n} samples in {time.time() - t0:.1f} s -> {', '.join(written)}")
 

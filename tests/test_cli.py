@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import fastncsn
-from fastncsn.cli import main, make_grid
+from fastncsn.cli import main
+from fastncsn.images import make_grid
 from fastncsn.models.refinenet import CondRefineNetDilated
 
 

@@ -57,7 +57,7 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
         ``(rows, summary)``: one row per (sigma_1, class) with ``COLUMNS`` and one summary
         row per sigma_1 with ``SUMMARY_COLUMNS``.
     """
-    from ..cli import save_grid
+    from ..images import save_grid
     from ..metrics import class_histogram
     sigma_1s = [float(s) for s in sigma_1s]
     if not sigma_1s:

@@ -53,8 +53,8 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
     Returns one row per query sample with ``COLUMNS``.
     """
     from ..api import sample
-    from ..cli import _to_pil, make_grid, save_grid
     from ..data import embedded_digits
+    from ..images import save_gif, save_grid, save_strip
     from ..metrics import class_histogram, load_digits_classifier
     for nm, v in (("--n", n), ("--num-queries", num_queries), ("--k", k)):
         if not isinstance(v, int) or v < 1:
@@ -70,10 +70,8 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
     p = lambda suffix: os.path.join(out_dir, NAME + suffix)    # noqa: E731
     save_grid(x, p(".png"), scale=2)
     m = min(n, 8)
-    strip = torch.cat([snaps[:, :m], x[None, :m]]).transpose(0, 1).reshape(-1, *x.shape[1:])
-    save_grid(strip, p("_annealing.png"), nrow=snaps.shape[0] + 1, scale=2)
-    frames = [_to_pil(make_grid(f[:16]), 2) for f in list(snaps) + [x]]
-    frames[0].save(p("_annealing.gif"), save_all=True, append_images=frames[1:], duration=300, loop=0)
+    save_strip(torch.cat([snaps[:, :m], x[None, :m]]), p("_annealing.png"), scale=2)
+    save_gif([f[:16] for f in list(snaps) + [x]], p("_annealing.gif"), scale=2)
 
     data, labels = embedded_digits()
     q = min(num_queries, n)

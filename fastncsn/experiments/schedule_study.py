@@ -67,7 +67,7 @@ def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: flo
         one row per schedule: ``schedule, digits_fid, report_mnist_fid, rank, report_rank, final_loss,
         train_steps, sample_n, train_s, sample_s``.
     """
-    from ..cli import save_grid
+    from ..images import save_grid
     from ..data import embedded_digits
     schedules = common.check_schedules(schedules)
     common.check_levels(num_levels, sigma_1, sigma_L)
