@@ -118,6 +118,13 @@ def check_file(path: Optional[str], what: str) -> None:
         raise ExperimentError(f"{what}: no such file {path!r}")
 
 
+def load_model(checkpoint: Optional[str]):
+    """The model at ``checkpoint`` (None: the bundled digits model), in eval mode."""
+    from ..checkpoint import load, load_bundled
+    check_file(checkpoint, "--checkpoint")
+    return load_bundled() if checkpoint is None else load(checkpoint)
+
+
 def fid_scorer(classifier: Optional[str]) -> Callable[[torch.Tensor], float]:
     """digits-FID against all embedded digits, with the shipped classifier or the one at ``classifier``."""
     from .. import metrics

@@ -23,7 +23,6 @@ from typing import Optional, Sequence
 import torch
 
 from . import common
-from .score_norm import load_model
 
 NAME = "pictures"
 COLUMNS = ("sample", "predicted_class", "nn_indices", "nn_labels", "nn_distances", "nn1_over_train_median")
@@ -59,7 +58,7 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
     for nm, v in (("--n", n), ("--num-queries", num_queries), ("--k", k)):
         if not isinstance(v, int) or v < 1:
             raise common.ExperimentError(f"{nm}: expected an int >= 1, got {v!r}")
-    model = load_model(checkpoint).cpu()
+    model = common.load_model(checkpoint).cpu()
     if tuple(model.data_shape) != (1, 28, 28):
         raise common.ExperimentError(f"--checkpoint: expected a 28x28 digits model, got {tuple(model.data_shape)}")
     T = steps_per_level or (getattr(model, "sampling_defaults", None) or {}).get("steps_per_level", 100)

@@ -32,13 +32,6 @@ COLUMNS = ("level", "sigma", "norm_data", "norm_data_std", "norm_uniform", "norm
            "sigma_norm_data_over_sqrt_d")
 
 
-def load_model(checkpoint: Optional[str]):
-    """The model at ``checkpoint`` (None: the bundled digits model), in eval mode."""
-    from ..checkpoint import load, load_bundled
-    common.check_file(checkpoint, "--checkpoint")
-    return load_bundled() if checkpoint is None else load(checkpoint)
-
-
 @torch.no_grad()
 def score_norms(model, x: torch.Tensor, level: int, noise: Optional[torch.Tensor], batch: int = 250) -> np.ndarray:
     """Per-sample ``||s(x + sigma z, level)||_2`` (``[N]``; no noise added when ``noise`` is None)."""
@@ -66,7 +59,7 @@ def run(checkpoint: Optional[str] = None, n: int = 500, seed: int = 0, out_dir: 
     from ..data import embedded_digits
     if not isinstance(n, int) or n < 1:
         raise common.ExperimentError(f"--n: expected an int >= 1, got {n!r}")
-    model = load_model(checkpoint).cpu()
+    model = common.load_model(checkpoint).cpu()
     shape = tuple(model.data_shape)
     if shape != (1, 28, 28):
         raise common.ExperimentError(f"--checkpoint: expected a 28x28 digits model, got data shape {shape}")
