@@ -52,7 +52,7 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
 
     Returns one row per query sample with ``COLUMNS``.
     """
-    from ..api import sample
+    from ..sampling.api import sample
     from ..cli import _to_pil, make_grid, save_grid
     from ..metrics import class_histogram, embedded_digits, load_digits_classifier
     for nm, v in (("--n", n), ("--num-queries", num_queries), ("--k", k)):
