@@ -17,7 +17,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY_FUNCS = {
-    "sample": ("fastncsn.api", "sample"),
+    "sample": ("fastncsn.sampling.api", "sample"),
     "train": ("fastncsn.training", "train"),
     "load": ("fastncsn.checkpoint", "load"),
     "save": ("fastncsn.checkpoint", "save"),

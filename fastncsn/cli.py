@@ -43,7 +43,7 @@ def _load_model(checkpoint: Optional[str], device: Optional[str]):
 
 def _cmd_sample(a) -> None:
     import torch
-    from .api import sample
+    from .sampling import SamplerSettings, sample
     t0 = time.time()
     model = _load_model(a.checkpoint, a.device)
     if a.n < 1:
@@ -60,7 +60,7 @@ def _cmd_sample(a) -> None:
     if a.precision == "bf16" and not fast:
         raise CLIError("--precision: bf16 runs on the fast CUDA-graph sampler only; the reference sampler "
                        "(--no-fast, or any CPU device) is fp32")
-    T = a.steps_per_level or (getattr(model, "sampling_defaults", {}) or {}).get("steps_per_level", 100)
+    T = SamplerSettings.resolve(model, steps_per_level=a.steps_per_level).steps_per_level
     kwargs = dict(n=a.n, seed=a.seed, steps_per_level=a.steps_per_level, eps=a.eps, step_convention=a.step_convention,
                   denoise=a.denoise, progress=not a.quiet, backend=a.backend, batch_size=a.batch_size,
                   fast=fast, precision=a.precision)
@@ -151,7 +151,7 @@ def _read_image(path: str, shape):
 
 def _cmd_inpaint(a) -> None:
     import torch
-    from .api import sample
+    from .sampling import SamplerSettings, sample
     t0 = time.time()
     model = _load_model(a.checkpoint, a.device)
     shape = tuple(model.data_shape)

@@ -71,3 +71,19 @@ def test_sample_clamp_from_sampling_defaults():
     assert x.min() >= -0.5 and x.max() <= 0.25
     y = fastncsn.sample(model, n=64, steps_per_level=2, progress=False, clamp=(-0.1, 0.1))
     assert y.min() >= -0.1 and y.max() <= 0.1
+
+
+def test_sample_backend_is_an_option_not_model_state():
+    """sample(backend=...) runs the norms on that backend for the call only: the model's norms and what a
+    later save writes are unchanged."""
+    model = fastncsn.load(BUNDLED_PATH)
+    norms = [m for m in model.modules() if isinstance(getattr(m, "backend", None), str)]
+    before = [m.backend for m in norms]
+    config = dict(model.config)
+    fastncsn.sample(model, n=1, steps_per_level=1, progress=False, backend="torch")
+    assert [m.backend for m in norms] == before and model.config == config
+    seen = []
+    real = norms[0].forward
+    norms[0].forward = lambda *a, **kw: seen.append(norms[0].backend) or real(*a, **kw)
+    fastncsn.sample(model, n=1, steps_per_level=1, progress=False, backend="torch")
+    assert seen and set(seen) == {"torch"}

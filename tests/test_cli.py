@@ -158,10 +158,10 @@ def test_make_grid_layout():
 
 
 def test_sample_fast_and_precision_flags(tiny_ckpt, tmp_path, capsys, monkeypatch):
-    import fastncsn.api
+    import fastncsn.sampling.api
     seen = []
-    real = fastncsn.api.sample
-    monkeypatch.setattr(fastncsn.api, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    real = fastncsn.sampling.api.sample
+    monkeypatch.setattr(fastncsn.sampling.api, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     base = ["sample", "--checkpoint", tiny_ckpt, "--n", "2", "--steps-per-level", "1", "--quiet",
             "--out", str(tmp_path / "s.png")]
     got = tmp_path / "ref.pt"

@@ -121,7 +121,7 @@ def test_toy_score_vanilla_and_hmc_match_reference(tol):
     got = GraphSampler(_lin_score, 4, sigmas=sig, data_shape=(5,), use_graphs=False, **kw).sample(4, seed=0, x0=x0)
     _assert_close(got, _reference(_lin_score, x0, 4, 0, sigmas=sig, **kw), tol)
     # vanilla Langevin at model level 2: one sigma, paper convention (alpha = eps)
-    vanilla = GraphSampler(_lin_score, 4, sigmas=[0.3], levels=[2], eps=0.05, steps_per_level=6,
+    vanilla = GraphSampler(_lin_score, 4, sigmas=[0.3], model_levels=[2], eps=0.05, steps_per_level=6,
                            step_convention="paper", data_shape=(5,), use_graphs=False)
     at_level_2 = lambda x, y: _lin_score(x, torch.full_like(y, 2))  # noqa: E731
     _assert_close(vanilla.sample(4, seed=9, x0=x0),
@@ -215,7 +215,7 @@ def test_api_fast_path_on_cpu():
     (dict(use_graphs=True), "use_graphs"),
     (dict(snapshot_every=-1), "snapshot_every"),
     (dict(clamp=(0.0,)), "clamp"),
-    (dict(levels=[0]), "levels"),
+    (dict(model_levels=[0]), "model_levels"),
     (dict(eps=0.0), "eps"),
     (dict(steps_per_level=0), "steps_per_level"),
     (dict(step_convention="ddpm"), "step_convention"),

@@ -84,7 +84,8 @@ def test_annealed_recovers_mixture_weights_vanilla_does_not():
     sig = get_sigmas("geometric", 10.0, 0.1, 10)
     g = torch.Generator().manual_seed(0)
     x0 = init_samples((10000, 2), "uniform", generator=g, low=-8, high=8)
-    xa = annealed_langevin(gm.score_fn(sig), x0, sig, eps=5e-4, steps_per_level=1000, generator=g)
+    xa = annealed_langevin(gm.score_fn(sig), x0, sig, eps=5e-4, steps_per_level=1000, generator=g,
+                           step_convention="paper")
     assert mode_weight(xa) == pytest.approx(0.80, abs=0.03)
     xv = langevin(lambda x, i: gm.score(x, 0.0), x0, eps=0.1, steps=1000, generator=g)
     assert abs(mode_weight(xv) - 0.80) > 0.1
@@ -111,7 +112,7 @@ def test_snapshots_buffer():
     assert snaps.shape == (6, 2, 3)
     torch.testing.assert_close(snaps[-1], out)
     out1, snaps1 = annealed_langevin(_lin_score, x0, sig, steps_per_level=2, seed=0, snapshot_every=1)
-    a0 = step_sizes(sig, 2e-5, "paper")[0].float()
+    a0 = step_sizes(sig, 2e-5, "reference")[0].float()  # the defaults: NCSN_SAMPLING
     z0 = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     first = x0 + a0 / 2 * _lin_score(x0, torch.zeros(2, dtype=torch.long)) + a0.sqrt() * z0
     torch.testing.assert_close(snaps1[0], first)
@@ -121,7 +122,8 @@ def test_hmc_runs_and_one_leapfrog_matches_langevin_scale():
     gm = seed003_mixture()
     sig = get_sigmas("geometric", 10.0, 0.1, 5)
     x0 = init_samples((500, 2), "uniform", generator=torch.Generator().manual_seed(0), low=-8, high=8)
-    out = hmc_annealed(gm.score_fn(sig), x0, sig, eps=1e-3, steps_per_level=20, leapfrog_steps=2, seed=0)
+    out = hmc_annealed(gm.score_fn(sig), x0, sig, eps=1e-3, steps_per_level=20, leapfrog_steps=2, seed=0,
+                       step_convention="paper")
     assert out.shape == x0.shape and torch.isfinite(out).all()
 
 
@@ -148,3 +150,41 @@ def test_nan_input_and_vanilla_bad_args():
         langevin(_lin_score, torch.rand(2, 2), eps=0.1, steps=0)
     with pytest.raises(ValueError, match="eps"):
         langevin(_lin_score, torch.rand(2, 2), eps=0.0, steps=1)
+
+
+def test_one_defaults_table_for_every_sampler():
+    """annealed_langevin, GraphSampler and fastncsn.sample() without settings all take NCSN's table:
+    step_lr 2e-5 in the reference convention, T = 100 (the two samplers once differed by a factor 2)."""
+    from fastncsn.sampling import NCSN_SAMPLING, GraphSampler, SamplerSettings
+    assert (NCSN_SAMPLING["eps"], NCSN_SAMPLING["steps_per_level"], NCSN_SAMPLING["step_convention"]) == (
+        2e-5, 100, "reference")
+    sig = get_sigmas("geometric", 1, 0.01, 2)
+    x0 = torch.rand(3, 2)
+    z = torch.randn(2 * 100 * 2, 3, 2)
+    draws = iter(z)
+    ours = annealed_langevin(_lin_score, x0, sig, noise_fn=lambda like: next(draws))
+    draws = iter(z)
+    want = annealed_langevin(_lin_score, x0, sig, eps=2e-5, steps_per_level=100, step_convention="reference",
+                             noise_fn=lambda like: next(draws))
+    assert torch.equal(ours, want)
+    gs = GraphSampler(_lin_score, 3, sigmas=sig, data_shape=(2,), use_graphs=False)
+    assert gs.settings == SamplerSettings()
+    torch.testing.assert_close(gs.alpha_table.double(), step_sizes(sig, 2e-5, "reference").float().double())
+
+
+def test_sampler_settings_resolve_order_and_errors():
+    from fastncsn.sampling import SamplerSettings
+    from fastncsn.toy import ToyScoreNet
+    model = ToyScoreNet(num_levels=2)
+    s = SamplerSettings.resolve(model, steps_per_level=7)
+    assert (s.step_convention, s.steps_per_level, s.eps) == (model.sampling_defaults["step_convention"], 7,
+                                                             model.sampling_defaults["eps"])
+    assert SamplerSettings.resolve().step_convention == "reference"
+    for bad, name in [(dict(eps=0.0), "eps"), (dict(steps_per_level=0), "steps_per_level"),
+                      (dict(init="normal"), "init"), (dict(init_range=(1.0, 0.0)), "init_range"),
+                      (dict(denoise="yes"), "denoise"), (dict(clamp=(0, 1, 2)), "clamp"),
+                      (dict(snapshot_every=-1), "snapshot_every")]:
+        with pytest.raises(ValueError, match=name):
+            SamplerSettings.resolve(**bad)
+    with pytest.raises(TypeError, match="unknown"):
+        SamplerSettings.resolve(step_lr=1e-5)

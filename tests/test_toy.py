@@ -110,5 +110,6 @@ def test_dsm_trained_mlp_recovers_weights():
     assert sum(losses[-100:]) < sum(losses[:100])
     x0 = init_samples((10000, 2), "uniform", generator=g, low=-8, high=8)
     with torch.no_grad():
-        out = annealed_langevin(model, x0, model.sigmas, eps=1e-3, steps_per_level=200, generator=g)
+        out = annealed_langevin(model, x0, model.sigmas, eps=1e-3, steps_per_level=200, generator=g,
+                                step_convention="paper")
     assert mode_weight(out) == pytest.approx(0.80, abs=0.05)

@@ -171,7 +171,7 @@ def train_digits(run_dir: str, schedule: str, num_levels: int, sigma_1: float, s
 
 def sample_digits(model, r: dict, progress: bool = False, init: Optional[str] = None, snapshot_every: int = 0):
     """``r["sample_n"]`` samples of ``model`` with the recipe's sampler, clamped to [0, 1]; ``(x, seconds)``."""
-    from ..api import sample
+    from ..sampling.api import sample
     t0 = time.time()
     out = sample(model, n=r["sample_n"], steps_per_level=r["steps_per_level"], eps=r["eps"],
                  step_convention=r["step_convention"], denoise=r["denoise"], seed=r["seed"], init=init,

@@ -51,17 +51,18 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
 
     Returns one row per query sample with ``COLUMNS``.
     """
-    from ..api import sample
     from ..data import embedded_digits
     from ..images import save_gif, save_grid, save_strip
     from ..metrics import class_histogram, load_digits_classifier
+    from ..sampling import SamplerSettings, sample
     for nm, v in (("--n", n), ("--num-queries", num_queries), ("--k", k)):
         if not isinstance(v, int) or v < 1:
             raise common.ExperimentError(f"{nm}: expected an int >= 1, got {v!r}")
     model = common.load_model(checkpoint).cpu()
     if tuple(model.data_shape) != (1, 28, 28):
         raise common.ExperimentError(f"--checkpoint: expected a 28x28 digits model, got {tuple(model.data_shape)}")
-    T = steps_per_level or (getattr(model, "sampling_defaults", None) or {}).get("steps_per_level", 100)
+    settings = SamplerSettings.resolve(model, steps_per_level=steps_per_level, eps=eps)
+    T = settings.steps_per_level
     x, snaps = sample(model, n=n, steps_per_level=T, eps=eps, seed=seed, snapshot_every=T, progress=progress,
                       fast=False)
     x, snaps = x.clamp(0, 1), snaps.clamp(0, 1)                 # snaps: [L, n, 1, 28, 28]
@@ -88,11 +89,10 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
                  nn1_over_train_median=float(dist[i, 0]) / base) for i in range(q)]
     common.write_csv(p(".csv"), rows, COLUMNS)
     hist = class_histogram(x)
-    sd = getattr(model, "sampling_defaults", None) or {}
     name = "the bundled digits model" if checkpoint is None else f"`{checkpoint}`"
     body = (f"Samples of {name} ({type(model).__name__}, ngf {model.config.get('ngf')}, L = {snaps.shape[0]}): "
-            f"n = {n}, seed {seed}, T = {T} per level, eps = {eps if eps is not None else sd.get('eps', 2e-5):g} "
-            f"({sd.get('step_convention', 'reference')} convention).\n\n![samples]({NAME}.png)\n\n"
+            f"n = {n}, seed {seed}, T = {T} per level, eps = {settings.eps:g} "
+            f"({settings.step_convention} convention).\n\n![samples]({NAME}.png)\n\n"
             f"## Annealing (seed 003 Figure 4)\n\nEach row: one sample at the end of noise levels 1..{snaps.shape[0]}, "
             f"then after the final step.\n\n![annealing]({NAME}_annealing.png)\n\n"
             f"Animation: [{NAME}_annealing.gif]({NAME}_annealing.gif)\n\n"

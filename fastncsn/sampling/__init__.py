@@ -1,13 +1,19 @@
-"""Samplers: reference annealed Langevin dynamics and friends (``langevin.py``), the CUDA-graph
-sampler (``graphs.py``) and multi-GPU sharding (``distributed.py``).
+"""Samplers.
 
-See :mod:`fastncsn.sampling.langevin` for the three step-size conventions.
+* ``core.py``: the one defaults table (NCSN's: step_lr 2e-5 in the reference convention,
+  T = 100), settings validation, the three step-size conventions, initialisation,
+  chunking, snapshots and progress -- shared by every sampler;
+* ``langevin.py``: the reference executors (vanilla and annealed Langevin, inpainting, HMC);
+* ``graphs.py``: the CUDA-graph executor of the same steps (``GraphSampler``);
+* ``api.py``: :func:`fastncsn.sample`; ``distributed.py``: sharding over processes.
 """
-from .langevin import (STEP_CONVENTIONS, annealed_langevin, hmc_annealed, init_samples, langevin,
-                       make_generator, step_sizes)
+from .core import (INITS, NCSN_SAMPLING, STEP_CONVENTIONS, SamplerSettings, init_samples, make_generator,
+                   resolve_model, step_sizes)
+from .langevin import annealed_langevin, hmc_annealed, langevin
 from .graphs import GraphSampler, clear_graph_cache, get_graph_sampler
+from .api import sample
 from .distributed import sample_distributed, shard_seed, shard_sizes
 
-__all__ = ["STEP_CONVENTIONS", "annealed_langevin", "hmc_annealed", "init_samples", "langevin",
-           "make_generator", "step_sizes", "GraphSampler", "get_graph_sampler", "clear_graph_cache",
-           "sample_distributed", "shard_seed", "shard_sizes"]
+__all__ = ["INITS", "NCSN_SAMPLING", "STEP_CONVENTIONS", "SamplerSettings", "annealed_langevin", "hmc_annealed",
+           "init_samples", "langevin", "make_generator", "resolve_model", "step_sizes", "GraphSampler",
+           "get_graph_sampler", "clear_graph_cache", "sample", "sample_distributed", "shard_seed", "shard_sizes"]

@@ -16,6 +16,9 @@ from typing import Optional
 
 import torch
 
+from .api import sample
+from .core import model_device, resolve_model
+
 __all__ = ["shard_sizes", "shard_seed", "sample_distributed"]
 
 _M64 = (1 << 64) - 1
@@ -78,7 +81,6 @@ def sample_distributed(model, n: int, seed: int = 0, *, group=None, all_ranks: b
         rank 0 (every rank with ``all_ranks``), ``None`` on the other ranks.
     """
     import torch.distributed as dist
-    from ..api import _resolve_model, sample
     for name in ("snapshot_every", "generator"):
         if sample_kwargs.get(name):
             raise ValueError(f"{name}: not supported by sample_distributed")
@@ -87,7 +89,7 @@ def sample_distributed(model, n: int, seed: int = 0, *, group=None, all_ranks: b
     distributed = dist.is_available() and dist.is_initialized()
     world, rank = (dist.get_world_size(group), dist.get_rank(group)) if distributed else (1, 0)
     sizes = shard_sizes(n, world)
-    model = _resolve_model(model)
+    model = resolve_model(model)
     nccl = distributed and dist.get_backend(group) == "nccl"
     if nccl and sample_kwargs.get("device") is None:
         sample_kwargs["device"] = torch.device("cuda", torch.cuda.current_device())
@@ -96,7 +98,7 @@ def sample_distributed(model, n: int, seed: int = 0, *, group=None, all_ranks: b
     if sizes[rank]:
         x = sample(model, sizes[rank], seed=shard_seed(seed, rank), **sample_kwargs)
     else:
-        dev = sample_kwargs.get("device") or next(model.parameters()).device
+        dev = sample_kwargs.get("device") or model_device(model)
         x = torch.empty((0, *shape), device=dev)
     if not distributed:
         return x

@@ -49,7 +49,8 @@ import torch
 from .. import ops
 from ..reference import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
-from .langevin import _check_mask, _check_steps, init_samples, step_sizes
+from .core import (SamplerSettings, check_count, check_mask, chunks, eval_mode, init_samples, model_device,
+                   use_backend)
 
 __all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "PRECISIONS", "CAPTURE_MODES", "METHODS"]
 
@@ -57,65 +58,52 @@ PRECISIONS = ("fp32", "bf16")
 CAPTURE_MODES = ("level", "step")
 #: "annealed": Langevin (vanilla Langevin is the one-level case); "hmc": EXPERIMENTAL score-only leapfrog
 METHODS = ("annealed", "hmc")
-INITS = ("uniform", "gaussian")
 #: samplers kept by :func:`get_graph_sampler` (each holds its graphs' memory pool)
 CACHE_SIZE = 4
 
 _CACHE: "OrderedDict[tuple, GraphSampler]" = OrderedDict()
 
 
-def _model_device(model) -> torch.device:
-    if isinstance(model, torch.nn.Module):
-        for t in (*model.parameters(), *model.buffers()):
-            return t.device
-    return torch.device("cpu")
-
-
-def _check_clamp(clamp):
-    if clamp is None:
-        return None
-    ok = isinstance(clamp, (tuple, list)) and len(clamp) == 2 and all(
-        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) for v in clamp)
-    if not ok:
-        raise ValueError(f"clamp: expected None or a pair (lo, hi) of finite numbers or None, got {clamp!r}")
-    return tuple(clamp)
-
-
 class GraphSampler:
-    """Annealed Langevin sampling (seed 003, Algorithm 1) with static buffers and CUDA graphs.
+    """Annealed Langevin sampling (NCSN paper, Algorithm 1) with static buffers and CUDA graphs.
+
+    The settings, their defaults (NCSN's: step_lr 2e-5 in the reference
+    convention, T = 100, uniform init on [0, 1)), validation, initialisation and
+    chunking are those of :mod:`fastncsn.sampling.core`, shared with
+    :func:`fastncsn.sampling.annealed_langevin`; this class differs only in how a
+    step is executed (static buffers, fused step, captured graphs).
 
     Args:
-        model: score function ``model(x, level_index) -> score`` (a fastncsn score
+        model: score function ``model(x, level) -> score`` (a fastncsn score
             model, or any callable; then pass ``sigmas`` and ``data_shape``).
         batch_size: B, the batch of the static buffers (and of the graphs);
             :meth:`sample` draws any ``n`` in chunks of B.
         sigmas: ``[L]`` decreasing ladder (default: ``model.sigmas``).
-        eps, steps_per_level, step_convention: as in ``annealed_langevin``
-            (``alpha_i`` from :func:`fastncsn.sampling.step_sizes`); the defaults
-            are NCSN's sampler (``step_lr`` 2e-5, T = 100, reference convention).
+        eps, steps_per_level, step_convention, init, init_range, denoise, clamp,
+            snapshot_every: sampler settings (:class:`~fastncsn.sampling.core.SamplerSettings`);
+            ``None`` takes NCSN's table :data:`~fastncsn.sampling.core.NCSN_SAMPLING`.
+            ``init`` and ``init_range`` give the starting points when :meth:`sample`
+            gets no ``x0``; ``denoise`` ends with ``x + sigma_L^2 s(x, L)``;
+            ``snapshot_every = k > 0`` keeps x after every k-th step.
         precision: ``"bf16"`` (network under bf16 autocast, fp32 state) or
             ``"fp32"``; ``None``: bf16 on CUDA devices that support it, else fp32.
         channels_last: feed 4-D inputs to the network in channels-last format
             (the state itself stays contiguous, so the noise does not depend on it).
         backend: fused-op backend ("auto" | "triton" | "cuda" | "torch") of the
-            Langevin step, also set on the model's norms when it has
-            ``set_backend``; ``None``: "auto" for the step, the model untouched.
+            Langevin step and, while this sampler runs, of the model's norms
+            (restored afterwards: the backend is never saved state of the model);
+            ``None``: "auto" for the step, the model's norms as they are.
         use_graphs: capture CUDA graphs (default: on CUDA devices); ``False``
             runs the same step functions eagerly.
         capture: ``"level"`` (one graph of T steps, replayed L times) or
             ``"step"`` (one graph of one step, replayed L*T times).
-        denoise: end with ``x + sigma_L^2 s(x, L)`` (Tweedie; NCSNv2).
-        clamp: optional ``(lo, hi)`` after every step.
-        snapshot_every: k > 0 keeps x after every k-th step (``[L*T // k, n, ...]``).
         method: ``"annealed"`` or ``"hmc"`` (EXPERIMENTAL score-only HMC,
             ``leapfrog_steps`` leapfrog steps of size sqrt(alpha_i) per iteration,
             as :func:`fastncsn.sampling.hmc_annealed`; no inpainting or clamp).
-        levels: model level index per entry of ``sigmas`` (default ``0..L-1``);
-            vanilla Langevin (seed 003 eq. 4) is ``sigmas=[s]``, ``levels=[i]``,
-            ``step_convention="paper"`` (then ``alpha = eps``).
-        init, init_range: starting points when :meth:`sample` gets no ``x0``:
-            ``"uniform"`` on ``init_range`` (NCSN: U[0, 1)) or ``"gaussian"``
-            ``N(0, sigma_1^2)``.
+        model_levels: the model's level index for each entry of ``sigmas``
+            (default ``0..L-1``); vanilla Langevin (NCSN paper eq. 4) is
+            ``sigmas=[s]``, ``model_levels=[i]``, ``step_convention="paper"``
+            (then ``alpha = eps``).
         data_shape: shape of one sample (default ``model.data_shape``).
         device: where to sample (default: the model's device).
         warmup: warm-up runs before capture.
@@ -124,35 +112,56 @@ class GraphSampler:
     mode) and ``captures`` (CUDA graphs captured) count the work a cache hit saves.
     """
 
-    def __init__(self, model: Callable, batch_size: int, sigmas=None, eps: float = 2e-5, steps_per_level: int = 100,
-                 step_convention: str = "reference", precision: Optional[str] = None, channels_last: bool = True,
-                 backend: Optional[str] = "auto", use_graphs: Optional[bool] = None, capture: str = "level",
-                 denoise: bool = False, clamp: Optional[tuple] = None, snapshot_every: int = 0,
-                 method: str = "annealed", leapfrog_steps: int = 3, levels: Optional[Sequence[int]] = None,
-                 init: str = "uniform", init_range: tuple = (0.0, 1.0), data_shape: Optional[Sequence[int]] = None,
-                 device=None, warmup: int = 2):
+    def __init__(self, model: Callable, batch_size: int, sigmas=None, eps: Optional[float] = None,
+                 steps_per_level: Optional[int] = None, step_convention: Optional[str] = None,
+                 precision: Optional[str] = None, channels_last: bool = True, backend: Optional[str] = "auto",
+                 use_graphs: Optional[bool] = None, capture: str = "level", denoise: Optional[bool] = None,
+                 clamp: Optional[tuple] = None, snapshot_every: Optional[int] = None, method: str = "annealed",
+                 leapfrog_steps: int = 3, model_levels: Optional[Sequence[int]] = None, init: Optional[str] = None,
+                 init_range: Optional[tuple] = None, data_shape: Optional[Sequence[int]] = None, device=None,
+                 warmup: int = 2):
         if not callable(model):
-            raise TypeError(f"model: expected a score function model(x, level_index), got {type(model).__name__}")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+            raise TypeError(f"model: expected a score function model(x, level), got {type(model).__name__}")
+        self.settings = SamplerSettings.resolve(
+            eps=eps, steps_per_level=steps_per_level, step_convention=step_convention, init=init,
+            init_range=init_range, denoise=denoise, clamp=clamp, snapshot_every=snapshot_every)
+        self._check_options(batch_size, capture, method, precision, leapfrog_steps, warmup)
+        self.model, self.batch_size, self.backend = model, batch_size, backend
+        self.channels_last, self.capture, self.method = channels_last, capture, method
+        self.leapfrog_steps, self.warmup = leapfrog_steps, warmup
+        self._place(device, use_graphs, precision)
+        self._tables(sigmas, model_levels)
+        self.data_shape = self._data_shape(data_shape)
+        self._buffers()
+        self._programs: dict = {}
+        self._graphs: dict = {}
+        self._pool = None
+        self.programs_built = 0
+        self.captures = 0
+        self.build_seconds = 0.0
+
+    # the settings under the names the step functions use
+    steps_per_level = property(lambda self: self.settings.steps_per_level)
+    denoise = property(lambda self: self.settings.denoise)
+    clamp = property(lambda self: self.settings.clamp)
+    snapshot_every = property(lambda self: self.settings.snapshot_every)
+
+    def _check_options(self, batch_size, capture, method, precision, leapfrog_steps, warmup) -> None:
+        check_count(batch_size, "batch_size")
         if capture not in CAPTURE_MODES:
             raise ValueError(f"capture: expected one of {CAPTURE_MODES}, got {capture!r}")
         if method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-        if init not in INITS:
-            raise ValueError(f"init: expected one of {INITS}, got {init!r}")
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS} or None, got {precision!r}")
-        if not isinstance(snapshot_every, int) or isinstance(snapshot_every, bool) or snapshot_every < 0:
-            raise ValueError(f"snapshot_every: expected an int >= 0, got {snapshot_every!r}")
-        if not isinstance(warmup, int) or warmup < 1:
-            raise ValueError(f"warmup: expected an int >= 1, got {warmup!r}")
-        _check_steps(steps_per_level, "steps_per_level")
-        _check_steps(leapfrog_steps, "leapfrog_steps")
-        self.clamp = _check_clamp(clamp)
-        if method == "hmc" and self.clamp is not None:
+        check_count(warmup, "warmup")
+        check_count(leapfrog_steps, "leapfrog_steps")
+        if method == "hmc" and self.settings.clamp is not None:
             raise ValueError("clamp: not supported with method='hmc'")
-        self.device = torch.device(device) if device is not None else _model_device(model)
+
+    def _place(self, device, use_graphs: Optional[bool], precision: Optional[str]) -> None:
+        """Device, graphs on/off, precision and the Langevin step's backend."""
+        self.device = torch.device(device) if device is not None else model_device(self.model)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         if use_graphs is None:
@@ -161,40 +170,39 @@ class GraphSampler:
             raise ValueError(f"use_graphs: CUDA graphs need a CUDA device, got {self.device}")
         if precision is None:
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        if sigmas is None:
-            if not hasattr(model, "sigmas"):
-                raise ValueError("sigmas: required when the model has no `sigmas`")
-            sigmas = model.sigmas
-        sig = validate_sigmas(sigmas, "sigmas")
-        alphas = step_sizes(sigmas, eps, step_convention)
-        num_levels = sig.numel()
-        levels = list(range(num_levels)) if levels is None else list(levels)
-        if len(levels) != num_levels or not all(isinstance(v, int) and v >= 0 for v in levels):
-            raise ValueError(f"levels: expected {num_levels} ints >= 0 (one per sigma), got {levels!r}")
-        shape = getattr(model, "data_shape", None) if data_shape is None else data_shape
-        if shape is None:
-            raise ValueError("data_shape: required when the model has no `data_shape`")
-        shape = tuple(int(v) for v in shape)
-        if backend is not None and hasattr(model, "set_backend"):
-            model.set_backend(backend)
-        self.step_backend = ops.resolve_backend(backend or "auto", self.device, "langevin_step_")
+        self.use_graphs, self.precision = use_graphs, precision
+        self.step_backend = ops.resolve_backend(self.backend or "auto", self.device, "langevin_step_")
 
-        self.model, self.batch_size, self.data_shape = model, batch_size, shape
-        self.num_levels, self.steps_per_level = num_levels, steps_per_level
-        self.precision, self.channels_last, self.use_graphs, self.capture = precision, channels_last, use_graphs, capture
-        self.denoise, self.snapshot_every, self.method, self.leapfrog_steps = denoise, snapshot_every, method, leapfrog_steps
-        self.init, self.init_range, self.warmup = init, tuple(init_range), warmup
+    def _tables(self, sigmas, model_levels) -> None:
+        """Per-level tables on the device: Algorithm 1's alpha_i, sqrt(alpha_i), sigma_i, the model's level."""
+        if sigmas is None:
+            if not hasattr(self.model, "sigmas"):
+                raise ValueError("sigmas: required when the model has no `sigmas`")
+            sigmas = self.model.sigmas
+        sig = validate_sigmas(sigmas, "sigmas")
+        num_levels = sig.numel()
+        model_levels = list(range(num_levels)) if model_levels is None else list(model_levels)
+        if len(model_levels) != num_levels or not all(isinstance(v, int) and v >= 0 for v in model_levels):
+            raise ValueError(f"model_levels: expected {num_levels} ints >= 0 (one per sigma), got {model_levels!r}")
         dev, f32 = self.device, torch.float32
-        # per-level tables on the device (Algorithm 1's alpha_i, sigma_i, level index i)
-        self.alpha_table = alphas.to(device=dev, dtype=f32)
+        self.num_levels = num_levels
+        self.alpha_table = self.settings.step_sizes(sig).to(device=dev, dtype=f32)
         self.h_table = self.alpha_table.sqrt()
         self.sigma_table = sig.to(device=dev, dtype=f32)
-        self.level_table = torch.tensor(levels, dtype=torch.long, device=dev)
-        # static buffers
-        b = batch_size
+        self.level_table = torch.tensor(model_levels, dtype=torch.long, device=dev)
+
+    def _data_shape(self, data_shape) -> tuple:
+        shape = getattr(self.model, "data_shape", None) if data_shape is None else data_shape
+        if shape is None:
+            raise ValueError("data_shape: required when the model has no `data_shape`")
+        return tuple(int(v) for v in shape)
+
+    def _buffers(self) -> None:
+        """Static buffers: state, score, levels, step size, Philox seed/offset, snapshots."""
+        dev, f32, b, shape = self.device, torch.float32, self.batch_size, self.data_shape
         self.x = torch.zeros((b, *shape), device=dev, dtype=f32)
         self.score = torch.zeros_like(self.x)
-        self.labels = torch.zeros(b, dtype=torch.long, device=dev)
+        self.levels = torch.zeros(b, dtype=torch.long, device=dev)
         self.alpha = torch.zeros((), device=dev, dtype=f32)
         self.h = torch.zeros((), device=dev, dtype=f32)
         self.sigma = torch.zeros((), device=dev, dtype=f32)
@@ -202,25 +210,20 @@ class GraphSampler:
         self.offset = torch.zeros((), dtype=torch.long, device=dev)
         self.counters = langevin_noise_counters(self.x.numel())
         self.mask = self.known = self.known_i = self.p = None
-        if method == "hmc":
+        if self.method == "hmc":
             self.p = torch.zeros_like(self.x)
-        self.num_snapshots = num_levels * steps_per_level // snapshot_every if snapshot_every else 0
-        if snapshot_every:
+        k = self.snapshot_every
+        self.num_snapshots = self.num_levels * self.steps_per_level // k if k else 0
+        if k:
             # one spare row: the dynamic pattern writes there when a step takes no snapshot
             self.snaps = torch.zeros((self.num_snapshots + 1, b, *shape), device=dev, dtype=f32)
             self.snap_idx = torch.zeros(1, dtype=torch.long, device=dev)
             self.spare_idx = torch.full((1,), self.num_snapshots, dtype=torch.long, device=dev)
             self.step_count = torch.zeros(1, dtype=torch.long, device=dev)
-        unit = steps_per_level if capture == "level" else 1
+        unit = self.steps_per_level if self.capture == "level" else 1
         # the snapshot steps are the same in every replay of a unit iff the unit length is a multiple of k
-        self._static_snaps = bool(snapshot_every) and unit % snapshot_every == 0
-        self._unit_steps, self._units_per_level = unit, steps_per_level // unit
-        self._programs: dict = {}
-        self._graphs: dict = {}
-        self._pool = None
-        self.programs_built = 0
-        self.captures = 0
-        self.build_seconds = 0.0
+        self._static_snaps = bool(k) and unit % k == 0
+        self._unit_steps, self._units_per_level = unit, self.steps_per_level // unit
 
     # ------------------------------------------------------------------ step functions (captured or eager)
 
@@ -235,7 +238,7 @@ class GraphSampler:
         if self.channels_last and xin.dim() == 4:
             xin = xin.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            s = self.model(xin, self.labels)
+            s = self.model(xin, self.levels)
         self.score.copy_(s)
 
     def _draw(self) -> torch.Tensor:
@@ -246,7 +249,7 @@ class GraphSampler:
 
     def _set_level(self, i: int) -> None:
         """Switch to level ``i``: device-to-device copies from the tables, no host sync."""
-        self.labels.copy_(self.level_table[i])
+        self.levels.copy_(self.level_table[i])
         self.alpha.copy_(self.alpha_table[i])
         self.h.copy_(self.h_table[i])
         self.sigma.copy_(self.sigma_table[i])
@@ -369,7 +372,7 @@ class GraphSampler:
 
     def prepare(self, inpaint: bool = False) -> "GraphSampler":
         """Build (warm up and capture) the step program now rather than on the first :meth:`sample`."""
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.model), use_backend(self.model, self.backend):
             self._program(bool(inpaint))
         return self
 
@@ -380,8 +383,8 @@ class GraphSampler:
         if x0 is None:
             g = torch.Generator(device=self.device)
             g.manual_seed(seed)
-            lo, hi = self.init_range
-            return init_samples(shape, self.init, sigma=float(self.sigma_table[0]), generator=g,
+            lo, hi = self.settings.init_range
+            return init_samples(shape, self.settings.init, sigma=float(self.sigma_table[0]), generator=g,
                                 device=self.device, low=lo, high=hi)
         if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != shape or not x0.is_floating_point():
             got = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
@@ -416,8 +419,7 @@ class GraphSampler:
             ``[n, *data_shape]`` fp32 samples on the sampler's device, and the
             ``[L*T // k, n, *data_shape]`` snapshots when ``snapshot_every = k``.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n: expected an int >= 1, got {n!r}")
+        check_count(n, "n")
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (1,)))
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
@@ -427,19 +429,14 @@ class GraphSampler:
         if inpaint:
             if self.method == "hmc":
                 raise ValueError("mask: inpainting is not supported with method='hmc'")
-            mask, known = _check_mask(mask, known, x0)
-        model = self.model if isinstance(self.model, torch.nn.Module) else None
-        was_training = model.training if model is not None else False
-        if model is not None:
-            model.eval()
-        try:
+            mask, known = check_mask(mask, known, x0)
+        out = torch.empty_like(x0)
+        snaps = x0.new_empty((self.num_snapshots, n, *self.data_shape)) if self.snapshot_every else None
+        with eval_mode(self.model), use_backend(self.model, self.backend):
             prog = self._program(inpaint)
-            out = torch.empty_like(x0)
-            snaps = x0.new_empty((self.num_snapshots, n, *self.data_shape)) if self.snapshot_every else None
             self.seed.fill_(seed)
             self.offset.zero_()
-            for start in range(0, n, self.batch_size):
-                m = min(self.batch_size, n - start)
+            for start, m in chunks(n, self.batch_size):
                 self._load(self.x, x0[start:start + m])
                 if inpaint:
                     self._load(self.mask, mask.expand_as(x0)[start:start + m])
@@ -451,9 +448,6 @@ class GraphSampler:
                 out[start:start + m].copy_(self.x[:m])
                 if snaps is not None:
                     snaps[:, start:start + m].copy_(self.snaps[:self.num_snapshots, :m])
-        finally:
-            if model is not None:
-                model.train(was_training)
         return (out, snaps) if snaps is not None else out
 
 
@@ -476,7 +470,7 @@ def _cache_key(model, batch_size: int, settings: dict) -> tuple:
         # re-allocated weights (e.g. model.to(other device)) must not replay a stale graph
         storage = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
     device = settings.get("device")
-    device = str(torch.device(device)) if device is not None else str(_model_device(model))
+    device = str(torch.device(device)) if device is not None else str(model_device(model))
     return (id(model), storage, device, batch_size,
             tuple(sorted((k, _frozen(v)) for k, v in settings.items() if k != "device")))
 

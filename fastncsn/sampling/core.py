@@ -1,0 +1,333 @@
+"""The sampler core: one defaults table, one validation, initialisation, chunking, snapshots, progress.
+
+Every sampler of the package -- the functional reference samplers of
+:mod:`fastncsn.sampling.langevin`, the CUDA-graph sampler of
+:mod:`fastncsn.sampling.graphs` and :func:`fastncsn.sample` -- takes its
+settings from here, so the same call means the same thing on every path.
+
+Step-size conventions
+=====================
+Three conventions for the per-level step are in use and easily confused; all
+three are supported through ``step_convention`` and mapped to Algorithm 1's
+``alpha_i`` (update ``x + alpha_i/2 * s + sqrt(alpha_i) * z``):
+
+============== ========================================== =================================== ======================
+convention     meaning of ``eps``                          update                               ``alpha_i``
+============== ========================================== =================================== ======================
+``paper``      Algorithm 1 of the NCSN paper               ``x + a/2 s + sqrt(a) z``            ``eps sigma_i^2/sigma_L^2``
+``reference``  ``step_lr`` of the reference code           ``x + step s + sqrt(2 step) z``,     ``2 eps sigma_i^2/sigma_L^2``
+                                                           ``step = eps sigma_i^2/sigma_L^2``
+``snr``        signal-to-noise ratio (score-SDE's ``ald``  reference form with                  ``4 (eps sigma_i)^2``
+               corrector with the 1/sigma score law)       ``step = 2 (snr sigma_i)^2``
+============== ========================================== =================================== ======================
+
+The defaults (:data:`NCSN_SAMPLING`) are NCSN's published sampler: ``step_lr =
+2e-5`` in the *reference* convention (= ``eps 4e-5`` in the paper convention,
+``snr ~ 0.316``), T = 100 steps per level, uniform initial samples on [0, 1), no
+final denoising step, no clamping.  :func:`fastncsn.sample` applies a model's own
+``sampling_defaults`` on top of this table; the lower-level samplers
+(``annealed_langevin``, ``hmc_annealed``, ``GraphSampler``) use the table itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from ..schedules import validate_sigmas
+
+__all__ = [
+    "NCSN_SAMPLING", "STEP_CONVENTIONS", "INITS", "SamplerSettings", "step_sizes", "make_generator", "randn",
+    "init_samples", "check_batch", "check_mask", "check_count", "check_clamp", "check_eps", "Snapshots",
+    "chunks", "progress_bar", "resolve_model", "model_device", "eval_mode", "use_backend",
+]
+
+STEP_CONVENTIONS = ("paper", "reference", "snr")
+INITS = ("uniform", "gaussian")
+
+#: NCSN's own sampler (reference code, ``runners/anneal_runner.py``): step_lr 2e-5 in the reference
+#: convention, T = 100 per level, uniform initialisation on [0, 1), no denoising step, no clamp.
+#: The one defaults table of every sampler in the package.
+NCSN_SAMPLING = dict(eps=2e-5, steps_per_level=100, step_convention="reference", init="uniform",
+                     init_range=(0.0, 1.0), denoise=False, clamp=None)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def check_count(v, name: str, minimum: int = 1) -> int:
+    """``v`` as an int >= ``minimum`` (bools refused), else ``ValueError`` naming ``name``."""
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
+    return v
+
+
+def check_eps(eps, name: str = "eps") -> float:
+    """A finite step size > 0."""
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"{name}: expected a finite step size > 0, got {eps!r}")
+    return float(eps)
+
+
+def check_clamp(clamp) -> Optional[tuple]:
+    """``None`` or a pair ``(lo, hi)`` of finite numbers (either may be ``None``)."""
+    if clamp is None:
+        return None
+    ok = isinstance(clamp, (tuple, list)) and len(clamp) == 2 and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) for v in clamp)
+    if not ok:
+        raise ValueError(f"clamp: expected None or a pair (lo, hi) of finite numbers or None, got {clamp!r}")
+    return tuple(clamp)
+
+
+def check_batch(x: torch.Tensor, name: str = "x") -> None:
+    """A floating-point batch ``[N, ...]`` without NaN."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point batch tensor [N, ...]")
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"{name}: contains NaN")
+
+
+def check_mask(mask, known, x: torch.Tensor):
+    """Inpainting inputs: ``mask`` (1 at known pixels) and ``known`` broadcastable to ``x``.
+
+    Returns ``(None, None)`` without a mask, else a bool mask and ``known`` expanded to ``x``.
+    """
+    if mask is None:
+        if known is not None:
+            raise ValueError("mask: required when known is given")
+        return None, None
+    if known is None:
+        raise ValueError("known: required when mask is given (the data at the known pixels)")
+    mask = torch.as_tensor(mask, device=x.device)
+    known = torch.as_tensor(known, device=x.device)
+    try:
+        fits = (torch.broadcast_shapes(mask.shape, x.shape) == x.shape
+                and torch.broadcast_shapes(known.shape, x.shape) == x.shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask: expected a shape broadcastable to x {tuple(x.shape)}, got mask "
+                         f"{tuple(mask.shape)} and known {tuple(known.shape)}")
+    return mask.bool(), known.to(dtype=x.dtype).expand_as(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """Validated sampler settings (names and meaning as :data:`NCSN_SAMPLING`, plus ``snapshot_every``)."""
+
+    eps: float = NCSN_SAMPLING["eps"]
+    steps_per_level: int = NCSN_SAMPLING["steps_per_level"]
+    step_convention: str = NCSN_SAMPLING["step_convention"]
+    init: str = NCSN_SAMPLING["init"]
+    init_range: tuple = NCSN_SAMPLING["init_range"]
+    denoise: bool = NCSN_SAMPLING["denoise"]
+    clamp: Optional[tuple] = NCSN_SAMPLING["clamp"]
+    snapshot_every: int = 0
+
+    def __post_init__(self):
+        check_eps(self.eps)
+        check_count(self.steps_per_level, "steps_per_level")
+        if self.step_convention not in STEP_CONVENTIONS:
+            raise ValueError(f"step_convention: expected one of {STEP_CONVENTIONS}, got {self.step_convention!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
+        rng = self.init_range
+        if not (isinstance(rng, (tuple, list)) and len(rng) == 2 and all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in rng) and rng[0] < rng[1]):
+            raise ValueError(f"init_range: expected a pair (low, high) of finite numbers with low < high, got {rng!r}")
+        object.__setattr__(self, "init_range", (float(rng[0]), float(rng[1])))
+        if not isinstance(self.denoise, bool):
+            raise ValueError(f"denoise: expected True or False, got {self.denoise!r}")
+        object.__setattr__(self, "clamp", check_clamp(self.clamp))
+        check_count(self.snapshot_every, "snapshot_every", minimum=0)
+
+    @classmethod
+    def resolve(cls, model=None, **overrides) -> "SamplerSettings":
+        """:data:`NCSN_SAMPLING`, then ``model.sampling_defaults`` (if any), then the non-``None`` ``overrides``."""
+        values = dict(NCSN_SAMPLING)
+        model_defaults = getattr(model, "sampling_defaults", None) or {}
+        values.update({k: v for k, v in model_defaults.items() if k in values})
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown sampler setting(s): {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def step_sizes(self, sigmas) -> torch.Tensor:
+        """Algorithm 1's ``alpha_i`` (float64 ``[L]``) for these settings."""
+        return step_sizes(sigmas, self.eps, self.step_convention)
+
+
+def step_sizes(sigmas, eps: float, step_convention: str = NCSN_SAMPLING["step_convention"]) -> torch.Tensor:
+    """Algorithm 1's ``alpha_i`` for every level (float64 ``[L]``), from ``eps`` in ``step_convention``."""
+    if step_convention not in STEP_CONVENTIONS:
+        raise ValueError(f"step_convention: expected one of {STEP_CONVENTIONS}, got {step_convention!r}")
+    check_eps(eps)
+    s = validate_sigmas(sigmas, "sigmas").double()
+    if step_convention == "paper":
+        return eps * (s / s[-1]) ** 2
+    if step_convention == "reference":
+        return 2 * eps * (s / s[-1]) ** 2
+    return 4 * (eps * s) ** 2
+
+
+# ---------------------------------------------------------------------------- randomness and initialisation
+
+
+def make_generator(seed: Optional[int], generator: Optional[torch.Generator], device) -> Optional[torch.Generator]:
+    """The generator to draw noise from: ``generator`` as given, or a new one seeded with ``seed``."""
+    if generator is not None:
+        if seed is not None:
+            raise ValueError("seed: give either seed or generator, not both")
+        return generator
+    if seed is None:
+        return None
+    g = torch.Generator(device=torch.device(device))
+    g.manual_seed(int(seed))
+    return g
+
+
+def randn(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Standard normal ``shape`` on ``like``'s device and dtype, from ``generator`` (wherever it lives)."""
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    if generator.device != like.device:
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def init_samples(shape: Sequence[int], kind: str = "uniform", sigma: float = 1.0,
+                 generator: Optional[torch.Generator] = None, device="cpu", mean: float = 0.0,
+                 low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Starting points of the sampler.
+
+    ``"uniform"``: U[low, high) per coordinate (U[0, 1): the reference NCSN
+    image sampler; U[-8, 8): its toy experiments);
+    ``"gaussian"``: ``mean + sigma * N(0, I)`` (seed 000's initial-noise study uses
+    ``N(0, sigma_1^2)``).
+    """
+    if kind not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {kind!r}")
+    if kind == "uniform":
+        if generator is None:
+            u = torch.rand(tuple(shape), device=device)
+        else:
+            u = torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
+        return u if (low, high) == (0.0, 1.0) else low + (high - low) * u
+    return mean + sigma * randn(tuple(shape), torch.empty(0, device=device), generator)
+
+
+# ---------------------------------------------------------------------------- snapshots, chunks, progress
+
+
+class Snapshots:
+    """Preallocated trajectory buffer ``[total_steps // every, N, ...]``: one copy every ``every`` steps."""
+
+    def __init__(self, every: int, total_steps: int, x: torch.Tensor):
+        self.every = check_count(every, "snapshot_every", minimum=0)
+        self.buf = x.new_empty((self.count_for(total_steps, every), *x.shape)) if every else None
+        self.steps = 0
+        self.k = 0
+
+    @staticmethod
+    def count_for(total_steps: int, every: int) -> int:
+        """How many snapshots ``total_steps`` steps leave with one every ``every`` steps (0: none)."""
+        return total_steps // every if every else 0
+
+    def __call__(self, x: torch.Tensor) -> None:
+        if not self.every:
+            return
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.buf[self.k].copy_(x)
+            self.k += 1
+
+
+def chunks(n: int, batch_size: Optional[int]) -> Iterator[tuple[int, int]]:
+    """``(start, size)`` of consecutive chunks of at most ``batch_size`` (all at once when ``None``)."""
+    check_count(n, "n")
+    bs = n if batch_size is None else check_count(batch_size, "batch_size")
+    for start in range(0, n, bs):
+        yield start, min(bs, n - start)
+
+
+def progress_bar(iterable, enabled: bool, desc: str, unit: str = "level"):
+    """``iterable`` wrapped in a tqdm bar when ``enabled``."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, unit=unit)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def resolve_model(model):
+    """``None`` -> the bundled digits model; a path -> the checkpoint's model; a score model as it is."""
+    if model is None:
+        from ..checkpoint import load_bundled
+        return load_bundled()
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from ..checkpoint import load
+        return load(model)
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "sigmas") or not hasattr(model, "data_shape"):
+        raise TypeError("model: expected None (the bundled digits model), a checkpoint path, or a fastncsn "
+                        "score model (an nn.Module with `sigmas` and `data_shape`)")
+    return model
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for parameterless callables)."""
+    if isinstance(model, torch.nn.Module):
+        for t in (*model.parameters(), *model.buffers()):
+            return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """The model in eval mode inside the block, its own training flag restored after (any callable)."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def use_backend(model, backend: Optional[str]):
+    """Run the model's fused ops on ``backend`` inside the block and restore its own setting after.
+
+    The backend is an option of a sampling run, never state of the model (nothing a later
+    ``save`` writes changes).  ``None`` leaves the model as it is; a model without fused ops
+    accepts only ``None`` or ``"auto"``.
+    """
+    if backend is None:
+        yield
+        return
+    from ..ops import BACKENDS
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    norms = [m for m in model.modules() if isinstance(getattr(m, "backend", None), str)] \
+        if isinstance(model, torch.nn.Module) else []
+    if not norms:
+        if backend != "auto":
+            raise ValueError(f"backend: model {type(model).__name__} has no fused ops; use backend=None or 'auto'")
+        yield
+        return
+    saved = [m.backend for m in norms]
+    for m in norms:
+        m.backend = backend
+    try:
+        yield
+    finally:
+        for m, b in zip(norms, saved):
+            m.backend = b
