@@ -292,7 +292,7 @@ Tensor langevin_noise(const Tensor& seed, const Tensor& offset, const Tensor& li
 
 // The schemas: the one place they are written.
 TORCH_LIBRARY(fastncsn_cuda, m) {
-  m.set_python_module("fastncsn.cuda_ops");  // where the fake kernels and autograd live
+  m.set_python_module("fastncsn.ops.cuda");  // where the fake kernels and autograd live
   m.def("cin_plus_fwd(Tensor x, Tensor level_index, Tensor weight, float eps, str activation, int plan=-1) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("cin_plus_bwd(Tensor grad_out, Tensor x, Tensor level_index, Tensor weight, Tensor mu, Tensor rstd, "

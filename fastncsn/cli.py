@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from .ops import BACKENDS
+
 __all__ = ["main", "save_grid", "make_grid"]
 
 
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="final denoising step (default: the model's)")
     s.add_argument("--batch-size", type=int)
     s.add_argument("--device")
-    s.add_argument("--backend", default="auto", choices=["auto", "triton", "cuda", "torch"])
+    s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA-graph sampler (needs a CUDA --device); --no-fast: the reference eager sampler "
                         "(default: fast when the device is CUDA)")

@@ -47,7 +47,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import ops
-from ..reference import langevin_noise_counters, langevin_noise_ref
+from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
 from .langevin import _check_mask, _check_steps, init_samples, step_sizes
 

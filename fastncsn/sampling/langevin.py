@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..reference import langevin_step_ref
+from ..ops import langevin_step_ref
 from ..schedules import validate_sigmas
 
 __all__ = [
