@@ -146,17 +146,17 @@ def cond_instance_norm_plus(x: torch.Tensor, level: torch.Tensor, weight: torch.
     return mod.cond_instance_norm_plus(x, level, weight, eps, activation)
 
 
-def run_backend_forward(fwd_op, x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor, eps: float,
+def run_backend_forward(namespace: str, x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor, eps: float,
                         activation: Optional[str], available, what: str, dtypes: tuple) -> torch.Tensor:
     """The public CIN++ function of a fast backend: check the arguments (then that the backend
     ``available``, named ``what``, runs on ``x``'s device, the devices and ``x.dtype in dtypes``) and
-    return the output of its forward op ``fwd_op`` (autograd through it)."""
+    return the output of its forward op ``torch.ops.<namespace>.cin_plus_fwd`` (autograd through it)."""
     check_cin_args(x, level, weight, activation)
     require(available, what, x.device)
     check_same_device(x.device, level=level, weight=weight)
     if x.dtype not in dtypes:
         raise TypeError(f"x: expected a tensor of dtype {', '.join(str(d) for d in dtypes)}, got {x.dtype}")
-    out, _, _ = fwd_op(x, level, weight, float(eps), "none" if activation is None else activation)
+    out, _, _ = getattr(torch.ops, namespace).cin_plus_fwd(x, level, weight, float(eps), "none" if activation is None else activation)
     return out
 
 

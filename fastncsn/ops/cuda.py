@@ -35,13 +35,13 @@ REBUILD_HINT = ("fastncsn._C is not built: reinstall on a CUDA machine with "
 
 try:
     _C = importlib.import_module("fastncsn._C")  # loading the library registers torch.ops.fastncsn_cuda
-    _IMPORT_ERROR = ""
+    IMPORT_ERROR = ""
 except ImportError as _exc:
     _C = None
     if isinstance(_exc, ModuleNotFoundError) and _exc.name == "fastncsn._C":
-        _IMPORT_ERROR = REBUILD_HINT
+        IMPORT_ERROR = REBUILD_HINT
     else:  # built, but does not load (e.g. for another torch): rebuild
-        _IMPORT_ERROR = f"fastncsn._C could not be loaded ({_exc}); " + REBUILD_HINT.split(": ", 1)[1]
+        IMPORT_ERROR = f"fastncsn._C could not be loaded ({_exc}); " + REBUILD_HINT.split(": ", 1)[1]
 
 #: the dtypes the CUDA kernels take for activations (x, score)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -51,7 +51,7 @@ def available(device: torch.device | str) -> tuple[bool, str]:
     """Whether the CUDA extension can run on tensors of ``device``: ``(ok, reason if not)``."""
     device = torch.device(device)
     if _C is None:
-        return False, _IMPORT_ERROR
+        return False, IMPORT_ERROR
     if device.type != "cuda":
         return False, f"the CUDA extension runs on CUDA tensors only, not {device.type} tensors"
     if not torch.cuda.is_available():
@@ -70,7 +70,7 @@ def cond_instance_norm_plus(x: torch.Tensor, level: torch.Tensor, weight: torch.
     ``fastncsn.ops.cond_instance_norm_plus_ref``.  Differentiable in ``x``
     and ``weight``; forward and backward are deterministic (bitwise).
     """
-    return run_backend_forward(torch.ops.fastncsn_cuda.cin_plus_fwd, x, level, weight, eps, activation,
+    return run_backend_forward("fastncsn_cuda", x, level, weight, eps, activation,
                                available, "fastncsn.ops.cuda", DTYPES)
 
 

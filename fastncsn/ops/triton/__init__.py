@@ -65,7 +65,7 @@ def cond_instance_norm_plus(x: torch.Tensor, level: torch.Tensor, weight: torch.
     ``fastncsn.ops.cond_instance_norm_plus_ref``.  Differentiable in ``x``
     and ``weight``; the backward is deterministic.
     """
-    return run_backend_forward(torch.ops.fastncsn.cin_plus_fwd, x, level, weight, eps, activation,
+    return run_backend_forward("fastncsn", x, level, weight, eps, activation,
                                available, "fastncsn.ops.triton", DTYPES)
 
 
