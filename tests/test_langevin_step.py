@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import DEV, FAST_BACKENDS, OPCHECK_CASES, HAS_CUDA, TOL, fast_backend, opcheck_all
+from conftest import DEV, FAST_BACKENDS, HAS_CUDA, OPCHECK_CASES, TOL, fast_backend, opcheck_all
 from fastncsn import ops
 from fastncsn.ops import langevin_noise_counters, langevin_noise_ref, langevin_step_ref
 
