@@ -28,7 +28,6 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from typing import Optional
 
 import torch
 
