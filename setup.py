@@ -35,8 +35,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["fastncsn", "fastncsn.*"]) + ["fastncsn.kernels"],
-    package_dir={"fastncsn.kernels": "kernels"},
+    packages=find_packages(include=["fastncsn", "fastncsn.*"]),
     package_data={"fastncsn": ["assets/*.pt", "assets/*.json"]},
     include_package_data=True,
     install_requires=[

@@ -98,3 +98,27 @@ def record(benchmark, fn, *, op: str, backend: str, shape, dtype, bytes_moved: i
         reference_ms=reference_ms if reference_ms is not None else per_op_ms,
         per_op_ms=per_op_ms, inner=inner, device=torch.cuda.get_device_name(), **extra)
     return per_op_ms
+
+
+#: batch sizes of the op benchmarks: training (128) and sampling (1000)
+BATCHES = (128, 1000)
+
+
+def need_backend(backend: str) -> None:
+    """Skip unless the fast backend of ``backend`` ("triton", "cuda-split", ...; "reference" and
+    "compile" always run) is available for CUDA tensors."""
+    from fastncsn.ops.dispatch import backend_module
+    base = backend.split("-")[0]
+    if base not in ("triton", "cuda"):
+        return
+    mod, reason = backend_module(base)
+    ok, why = (False, reason) if mod is None else mod.available("cuda")
+    if not ok:
+        pytest.skip(f"{base} unavailable: {why}")
+
+
+def reference_ms(cache: dict, key, fn) -> float:
+    """Milliseconds of the reference ``fn`` under ``key``, measured once per session (``reference_ms_cache``)."""
+    if key not in cache:
+        cache[key] = cuda_ms(fn)
+    return cache[key]

@@ -97,7 +97,7 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
 
 // Philox4x32-10 (Salmon et al. 2011) keyed by the 64-bit seed, counter
 // (counter_lo, counter_hi, 0, 0): what triton.language.randint4x computes for an
-// int64 offset, and fastncsn.reference._philox4x32.
+// int64 offset, and fastncsn.ops.langevin.philox4x32.
 struct Philox4 {
   uint32_t v[4];
 };
@@ -137,7 +137,7 @@ FASTNCSN_HD float uint_to_uniform(uint32_t bits) {
 
 // (r cos 2 pi u2, r sin 2 pi u2), r = sqrt(-2 log max(u1, 1e-7)), with sin/cos
 // by polynomials after an exact quadrant reduction -- the evaluation of the
-// Triton kernel (kernels/langevin.py, _box_muller); agrees with libm sin/cos to
+// Triton kernel (fastncsn/ops/triton/langevin.py, _box_muller); agrees with libm sin/cos to
 // about 1e-7.
 FASTNCSN_HD void box_muller(float u1, float u2, float& z0, float& z1) {
   const float r = sqrtf(-2.0f * logf(fmaxf(u1, 1.0e-7f)));

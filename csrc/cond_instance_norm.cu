@@ -2,7 +2,7 @@
 //
 // For sample n with level l = level_index[n], channel c and the M = H*W pixels p
 // (NCSN appendix A as the reference code computes it; the truth is
-// fastncsn.reference.cond_instance_norm_plus_ref):
+// fastncsn.ops.cond_instance_norm_plus_ref):
 //
 //   mu_c = mean_p x_cp          r_c = 1 / sqrt(var_p x_cp + eps)   (biased variance)
 //   m    = mean_c mu_c          q   = 1 / sqrt(var_c mu_c + eps)   (unbiased; q = 0 if C == 1)

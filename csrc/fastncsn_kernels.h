@@ -7,7 +7,7 @@
 // synchronises, and returns the error state after its launches
 // (cudaGetLastError), cudaSuccess when all went well.
 //
-// Semantics: fastncsn/reference.py is the truth for every op here.
+// Semantics: the *_ref functions of fastncsn/ops/ are the truth for every op here.
 #pragma once
 
 #include <cstdint>
@@ -79,7 +79,7 @@ struct LangevinShape {
 
 // z: `noise` (fp32, x's layout) when not null, else Philox: storage position e
 // takes component e % 4 of Box-Muller on Philox4x32-10(key *seed, counter
-// *offset + e / 4) -- the stream of fastncsn.reference.langevin_noise_ref and of
+// *offset + e / 4) -- the stream of fastncsn.ops.langevin_noise_ref and of
 // the Triton kernel.  step, seed and offset are device pointers read inside
 // the kernel (CUDA-graph safe).  mask: uint8 (nonzero keeps known) or null;
 // known: x's dtype.

@@ -5,7 +5,7 @@
 //   x <- x + a/2 * score + sqrt(a) * z,    z ~ N(0, I)
 //
 // then, optionally, x <- known where mask != 0 (inpainting) and a clamp.  The
-// truth is fastncsn.reference.langevin_step_ref.
+// truth is fastncsn.ops.langevin_step_ref.
 //
 // CUDA-graph safety: the step size a (one value or one per sample), the Philox
 // seed and offset are read from device memory inside the kernel; a captured
@@ -14,8 +14,8 @@
 //
 // Noise stream: thread j handles storage positions 4j .. 4j + 3 and draws the
 // four normals of Philox4x32-10(seed, offset + j) by Box-Muller -- the stream of
-// fastncsn.reference.langevin_noise_ref and of the Triton kernel
-// (kernels/langevin.py), evaluated the same way (detail::normals4), so the CUDA
+// fastncsn.ops.langevin_noise_ref and of the Triton kernel
+// (fastncsn/ops/triton/langevin.py), evaluated the same way (detail::normals4), so the CUDA
 // and Triton backends add the same noise up to float rounding of log/sqrt.
 #include "common.cuh"
 

@@ -2,7 +2,7 @@
 //
 // Loading the module registers the custom ops fastncsn_cuda::* (schemas in
 // TORCH_LIBRARY below, the one place they are written; CUDA kernels in
-// TORCH_LIBRARY_IMPL).  fastncsn/cuda_ops.py adds the fake (meta) kernels and
+// TORCH_LIBRARY_IMPL).  fastncsn/ops/cuda.py adds the fake (meta) kernels and
 // autograd in Python and holds the public wrappers.  This file only checks
 // arguments, allocates, brings operands to the state's layout, and calls the
 // raw-pointer launchers of fastncsn_kernels.h on the current stream.
@@ -76,7 +76,7 @@ void check_launch(cudaError_t err, const char* op) {
 }
 
 // Channels-last if x is channels-last dense and not also contiguous, else contiguous
-// (the rule of kernels/cond_instance_norm.py dense_format).
+// (the rule of fastncsn/ops/common.py dense_format).
 at::MemoryFormat dense_format(const Tensor& x) {
   if (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
     return at::MemoryFormat::ChannelsLast;
@@ -292,7 +292,7 @@ Tensor langevin_noise(const Tensor& seed, const Tensor& offset, const Tensor& li
 
 // The schemas: the one place they are written.
 TORCH_LIBRARY(fastncsn_cuda, m) {
-  m.set_python_module("fastncsn.cuda_ops");  // where the fake kernels and autograd live
+  m.set_python_module("fastncsn.ops.cuda");  // where the fake kernels and autograd live
   m.def("cin_plus_fwd(Tensor x, Tensor level_index, Tensor weight, float eps, str activation, int plan=-1) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("cin_plus_bwd(Tensor grad_out, Tensor x, Tensor level_index, Tensor weight, Tensor mu, Tensor rstd, "

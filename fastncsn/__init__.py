@@ -22,7 +22,7 @@ _LAZY_FUNCS = {
     "load": ("fastncsn.checkpoint", "load"),
     "save": ("fastncsn.checkpoint", "save"),
 }
-_LAZY_MODULES = ("models", "schedules", "sampling", "losses", "toy", "ops", "reference", "nn",
+_LAZY_MODULES = ("models", "schedules", "sampling", "losses", "toy", "ops", "nn",
                  "data", "training", "checkpoint", "metrics")
 
 __all__ = ["sample", "train", "load", "save", "models", "schedules", "__version__"]

@@ -230,6 +230,7 @@ def load(path: str, map_location="cpu", ema: bool = True, **config):
         _load_state(model, sd, path)
         return model.to(map_location).eval()
     cfg = dict(ck["config"])
+    cfg.pop("backend", None)    # a run option, not state: older checkpoints recorded it in the config
     cfg.update(config)
     model = get_model_class(ck["model_class"])(**cfg)
     sd = ck["ema_state_dict"] if ema and ck.get("ema_state_dict") else ck["state_dict"]

@@ -12,6 +12,7 @@ import time
 from typing import Optional, Sequence
 
 from .images import ensure_parent, save_gif, save_grid, save_strip
+from .ops import BACKENDS
 
 __all__ = ["main"]
 
@@ -233,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="final denoising step (default: the model's)")
     s.add_argument("--batch-size", type=int)
     s.add_argument("--device")
-    s.add_argument("--backend", default="auto", choices=["auto", "triton", "cuda", "torch"])
+    s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA-graph sampler (needs a CUDA --device); --no-fast: the reference eager sampler "
                         "(default: fast when the device is CUDA)")

@@ -30,7 +30,7 @@ for stage in $STAGES; do
           python -m pip install --no-build-isolation --no-deps -v -e . ) > "$OUT/install.log" 2>&1
       grep -E "fastncsn:|rror|Successfully installed|^real" "$OUT/install.log" | tail -8
       cp fastncsn/_C*.so "$OUT/" 2>/dev/null
-      python -c "import fastncsn.cuda_ops as c, fastncsn.kernels; print('cuda extension:', c.available('cuda'))" ;;
+      python -c "import fastncsn.ops.cuda as c, fastncsn.ops.triton; print('cuda extension:', c.available('cuda'))" ;;
     tests)
       timeout "$(limit 420)" python -m pytest -q -p no:cacheprovider -rfE -m gpu tests 2>&1 \
         | tee "$OUT/tests.log" | grep -E "passed|failed|skipped|^FAILED|^ERROR|Fatal" | tail -20 ;;
@@ -44,7 +44,9 @@ for stage in $STAGES; do
         benchmarks/test_training_throughput.py -k "$cfg" --benchmark-json="$OUT/$GPU-$DAY-training-$cfg.json" \
         --benchmark-columns=median 2>&1 | tee "$OUT/training-$cfg.log" | grep -E "passed|failed|skipped|^test_|rror" | tail -8 ;;
     cuda-ops)
-      timeout "$(limit 120)" python -m pytest -q -p no:cacheprovider -rfE benchmarks/test_cuda_ops.py \
+      timeout "$(limit 120)" python -m pytest -q -p no:cacheprovider -rfE benchmarks/test_cond_instance_norm.py \
+        benchmarks/test_langevin_step.py \
+        -k "(cuda or triton or reference) and not compile and not triton-fused and not triton-split and not network" \
         --benchmark-json="$OUT/$GPU-$DAY-cuda-ops.json" --benchmark-columns=median 2>&1 \
         | tee "$OUT/cuda-ops.log" | grep -E "passed|failed|skipped|rror" | tail -4 ;;
     *) echo "unknown stage $stage" ;;

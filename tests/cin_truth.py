@@ -2,7 +2,7 @@
 evaluation, and the rule "kernel error <= 2 x the error of a same-precision
 PyTorch run + atol" (errors measured against float64).
 
-``fastncsn.reference`` computes in float32 whatever the input dtype (it is the
+``fastncsn.ops.cond_instance_norm_plus_ref`` computes in float32 whatever the input dtype (it is the
 fp32 truth); these helpers give the float64 answer for ill-conditioned inputs
 (e.g. CIN++ with nearly equal channel means) and large shapes, where a fixed
 relative tolerance would judge rounding rather than the kernel.
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TOL
-from fastncsn.reference import cond_instance_norm_plus_ref
+from fastncsn.ops import cond_instance_norm_plus_ref
 
 
 def ref_grads(x, y, w, dy, act):

@@ -3,8 +3,13 @@
 * Without a GPU, Triton kernels run under the interpreter: ``TRITON_INTERPRET=1``
   must be set before any ``@triton.jit`` runs, so it is set here, before the test
   modules import anything.
-* ``TOL`` is the one tolerance table for comparing a fast path to the reference.
+* ``TOL`` is the one tolerance table for comparing a fast path to the reference
+  (``cin_truth.assert_within_2x`` adds its ``atol`` to the 2x rule).
 * Tests marked ``gpu`` skip cleanly when CUDA is not available.
+* ``FAST_BACKENDS`` / ``fast_backend``: the op tests are parametrised over the fast
+  backends of ``fastncsn.ops`` (``triton`` under the interpreter on a CPU; ``cuda``
+  marked ``gpu`` and skipped, with the rebuild hint, without the built extension);
+  the reference (``torch``) is what they are compared with.
 """
 import os
 
@@ -22,6 +27,36 @@ TOL = {
 }
 
 HAS_CUDA = torch.cuda.is_available()
+#: the device of the fast-backend tests (Triton runs CPU tensors under the interpreter)
+DEV = "cuda" if HAS_CUDA else "cpu"
+#: parameters of ``backend`` in the op tests
+FAST_BACKENDS = [pytest.param("triton", id="triton"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+
+#: (backend, CPU kernel implementation) of the opcheck runs: the Triton backend's custom ops are
+#: registered with a CPU kernel that runs Triton (interpreter) or the reference math; both are checked
+OPCHECK_CASES = [pytest.param("triton", "triton", id="triton"),
+                 pytest.param("triton", "reference", id="triton-cpu-reference"),
+                 pytest.param("cuda", "auto", id="cuda", marks=pytest.mark.gpu)]
+
+
+def opcheck_all(backend: str, impl: str, samples) -> None:
+    """``torch.library.opcheck`` on every ``(op, args)`` of ``samples(backend)`` with ``CPU_IMPL = impl``."""
+    from fastncsn.ops.common import cpu_impl
+    fast_backend(backend)
+    with cpu_impl(impl):
+        for op, args in samples(backend):
+            torch.library.opcheck(op, args)
+
+
+def fast_backend(name: str):
+    """The module of the fast backend ``name`` of ``fastncsn.ops``; skips the test when it cannot run on DEV."""
+    from fastncsn.ops.dispatch import backend_module
+    mod, reason = backend_module(name)
+    ok, why = (False, reason) if mod is None else mod.available(DEV)
+    if not ok:
+        pytest.skip(f"backend {name!r} unavailable for {DEV} tensors: {why}")
+    return mod
 
 
 def pytest_collection_modifyitems(config, items):

@@ -93,7 +93,25 @@ def test_our_format_roundtrip_and_overrides(tmp_path):
         assert torch.equal(back.state_dict()[k], v)
     with_ema = fastncsn.load(tmp_path / "m.pt")
     assert torch.equal(with_ema.begin_conv.weight, model.begin_conv.weight + 1)
-    assert fastncsn.load(tmp_path / "m.pt", backend="torch").config["backend"] == "torch"
+    forced = fastncsn.load(tmp_path / "m.pt", backend="torch")
+    assert "backend" not in forced.config and forced.normalizer.backend == "torch"
+
+
+def test_backend_is_not_saved_state_and_old_configs_load(tmp_path):
+    """set_backend is a run option: it does not change what save writes; a checkpoint of an older
+    version with ``backend`` in its config still loads (the entry is ignored)."""
+    model = CondRefineNetDilated(28, 1, ngf=4, num_levels=3, sigmas=[2.0, 0.5, 0.1], backend="triton")
+    assert "backend" not in model.config and model.normalizer.backend == "triton"
+    before = dict(model.config)
+    model.set_backend("torch")
+    assert model.config == before
+    fastncsn.save(model, tmp_path / "m.pt")
+    assert "backend" not in load_checkpoint(tmp_path / "m.pt")["config"]
+    ck = torch.load(tmp_path / "m.pt", weights_only=False)
+    ck["config"]["backend"] = "cuda"                       # what older versions wrote
+    torch.save(ck, tmp_path / "old.pt")
+    old = fastncsn.load(tmp_path / "old.pt")
+    assert old.config == before and old.normalizer.backend == "auto"
 
 
 def test_atomic_save_keeps_previous_file(tmp_path):

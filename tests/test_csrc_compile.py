@@ -89,8 +89,8 @@ def test_ops_cpp_syntax_against_torch_headers(tmp_path):
 _CHECK_BUILT = r'''
 import sys, torch
 sys.path.insert(0, sys.argv[1])
-import fastncsn.cuda_ops as c
-assert c._C is not None, c.available("cpu")
+import fastncsn.ops.cuda as c
+assert not c.IMPORT_ERROR, c.available("cpu")
 schemas = {n: str(getattr(torch.ops.fastncsn_cuda, n).default._schema)
            for n in ("cin_plus_fwd", "cin_plus_bwd", "langevin_step_", "langevin_noise")}
 assert "Tensor(a!) x" in schemas["langevin_step_"], schemas

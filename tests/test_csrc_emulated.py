@@ -1,11 +1,11 @@
-"""The CUDA kernels of ``csrc/`` run on the CPU, against ``fastncsn.reference``.
+"""The CUDA kernels of ``csrc/`` run on the CPU, against the references in ``fastncsn.ops``.
 
 ``csrc/*.cu`` are compiled as plain C++ (g++) with ``csrc_host/host_emulation.h``,
 which runs every CUDA thread of a block as a ``std::thread`` with a real barrier for
 ``__syncthreads``; ``csrc_host/driver.cpp`` exposes the raw-pointer launchers to
 ctypes.  This checks the kernels' logic (indexing, both launch plans, both layouts,
 reductions, formulas, the Philox stream, determinism) on a machine without a GPU;
-the GPU itself is checked by ``test_cuda_ops.py`` (marked ``gpu``).  Skips when g++
+the GPU itself is checked by ``test_cond_instance_norm.py`` and ``test_langevin_step.py`` (marked ``gpu``).  Skips when g++
 or the CUDA headers are missing.
 """
 import ctypes
@@ -17,7 +17,8 @@ import torch
 from conftest import TOL
 from csrc_build import build_host_emulation, cuda_include_dir
 from cin_truth import assert_within_2x, cin_fp64_grads, ref_grads
-from fastncsn.reference import _philox4x32, langevin_noise_counters, langevin_noise_ref, langevin_step_ref
+from fastncsn.ops import langevin_noise_counters, langevin_noise_ref, langevin_step_ref
+from fastncsn.ops.langevin import philox4x32
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or cuda_include_dir() is None,
                                 reason="needs g++ and the CUDA headers (cuda_runtime.h, cuda_bf16.h)")
@@ -195,7 +196,7 @@ def test_emulated_philox_words_and_normals_match_reference(emu):
         bits, z = emu.philox(seed, counter)
         s = torch.tensor(seed if seed < 2 ** 63 else seed - 2 ** 64, dtype=torch.int64)
         c = torch.tensor([counter if counter < 2 ** 63 else counter - 2 ** 64], dtype=torch.int64)
-        words = _philox4x32(s, c & 0xFFFFFFFF, (c >> 32) & 0xFFFFFFFF)
+        words = philox4x32(s, c & 0xFFFFFFFF, (c >> 32) & 0xFFFFFFFF)
         assert bits == [int(w_) for w_ in words], (seed, counter)
 
 

@@ -11,7 +11,7 @@ import torch
 
 import fastncsn
 from fastncsn.models.refinenet import CondRefineNetDilated
-from fastncsn.reference import langevin_noise_counters, langevin_noise_ref
+from fastncsn.ops import langevin_noise_counters, langevin_noise_ref
 from fastncsn.sampling import (GraphSampler, annealed_langevin, clear_graph_cache, get_graph_sampler, hmc_annealed,
                                sample_distributed, shard_seed, shard_sizes)
 from fastncsn.sampling import graphs
@@ -134,9 +134,9 @@ def test_toy_score_vanilla_and_hmc_match_reference(tol):
 
 def test_triton_backend_under_interpreter_matches_reference(tol):
     pytest.importorskip("triton")
-    from fastncsn import kernels
-    if not kernels.available("cpu")[0]:
-        pytest.skip(kernels.available("cpu")[1])
+    from fastncsn.ops import triton as triton_backend
+    if not triton_backend.available("cpu")[0]:
+        pytest.skip(triton_backend.available("cpu")[1])
     model = _model(channels=1, levels=2)
     x0 = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(6))
     kw = dict(eps=2e-5, steps_per_level=1, step_convention="reference")

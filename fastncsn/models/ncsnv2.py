@@ -50,8 +50,7 @@ class NCSNv2(RefineNetTrunk):
         s = default_sigmas(num_levels, sigma_1, sigma_L) if sigmas is None else _check_sigmas(sigmas, num_levels)
         self.register_buffer("sigmas", s)
         self.config = dict(image_size=image_size, channels=channels, ngf=ngf, num_levels=num_levels,
-                           sigmas=[float(v) for v in s], logit_transform=logit_transform, rescaled=rescaled,
-                           backend=backend)
+                           sigmas=[float(v) for v in s], logit_transform=logit_transform, rescaled=rescaled)
         self.sampling_defaults = dict(NCSNV2_CIFAR10["sampling"])
 
     def forward(self, x: torch.Tensor, level_index: torch.Tensor) -> torch.Tensor:

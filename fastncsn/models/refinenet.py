@@ -94,9 +94,10 @@ class RefineNetTrunk(nn.Module):
         return self.end_conv(out)
 
     def set_backend(self, backend: str) -> "RefineNetTrunk":
-        """Choose the fused-op backend of every norm ("auto" | "triton" | "cuda" | "torch")."""
+        """Choose the fused-op backend of every norm ("auto" | "triton" | "cuda" | "torch").
+
+        A sampling/training option, not state: ``config`` (what ``save`` writes) does not record it."""
         set_backend(self, backend)
-        self.config["backend"] = backend
         return self
 
 
@@ -111,7 +112,8 @@ class CondRefineNetDilated(RefineNetTrunk):
         num_levels: number of noise levels L (``num_classes`` in the reference).
         sigmas: the noise ladder ``[L]`` (default: geometric 1 -> 0.01, NCSN's).
         logit_transform: inputs are logits (no ``2x - 1`` rescaling), as in the reference option.
-        backend: fused-op backend of the norms ("auto" | "triton" | "cuda" | "torch").
+        backend: fused-op backend of the norms ("auto" | "triton" | "cuda" | "torch"); not part of
+            ``config`` (a run option: ``set_backend`` changes it, ``save`` does not record it).
 
     ``forward(x, level_index)``: ``x`` ``[N, channels, image_size, image_size]``
     with pixels in [0, 1] (as in the reference), ``level_index`` ``[N]`` int64;
@@ -130,7 +132,7 @@ class CondRefineNetDilated(RefineNetTrunk):
         # not persistent: the reference v1 state dict has no such entry; the ladder lives in ``config``
         self.register_buffer("sigmas", s, persistent=False)
         self.config = dict(image_size=image_size, channels=channels, ngf=ngf, num_levels=num_levels,
-                           sigmas=[float(v) for v in s], logit_transform=logit_transform, backend=backend)
+                           sigmas=[float(v) for v in s], logit_transform=logit_transform)
 
     def forward(self, x: torch.Tensor, level_index: torch.Tensor) -> torch.Tensor:
         self.check_input(x, level_index)

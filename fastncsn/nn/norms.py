@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import ops
+from ..ops import cond_instance_norm_plus
 
 
 class ConditionalInstanceNorm2dPlus(nn.Module):
@@ -34,7 +34,7 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
             self.embed.weight[:, 2 * num_features:].zero_()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
-        return ops.cond_instance_norm_plus(x, y, self.embed.weight, activation=activation, backend=self.backend)
+        return cond_instance_norm_plus(x, y, self.embed.weight, activation=activation, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, num_levels={self.embed.num_embeddings}, bias={self.bias}"
@@ -63,7 +63,7 @@ class InstanceNorm2dPlus(nn.Module):
         rows = [self.gamma, self.alpha] + ([self.beta] if self.bias else [])
         weight = torch.cat(rows).unsqueeze(0)
         level = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return ops.cond_instance_norm_plus(x, level, weight, activation=activation, backend=self.backend)
+        return cond_instance_norm_plus(x, level, weight, activation=activation, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, bias={self.bias}"

@@ -14,7 +14,7 @@ but with everything a CUDA graph needs:
   are device tensors too; switching level is three device-to-device copies.
 * **Noise inside the kernel.** ``fastncsn.ops.langevin_step_`` draws ``z`` from
   the counter-based Philox stream keyed by ``seed`` at counter ``offset``
-  (``fastncsn.reference.langevin_noise_ref``); the offset is advanced on the
+  (``fastncsn.ops.langevin_noise_ref``); the offset is advanced on the
   device after every draw, so each graph replay draws fresh noise.  The draw
   order is that of ``annealed_langevin(..., noise_fn=...)``: per level first the
   inpainting noise (with a mask), then one draw per step -- which is how the
@@ -47,7 +47,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import ops
-from ..reference import langevin_noise_counters, langevin_noise_ref
+from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
 from .core import (SamplerSettings, check_count, check_mask, chunks, eval_mode, init_samples, model_device,
                    use_backend)

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..reference import langevin_step_ref
+from ..ops import langevin_step_ref
 from ..schedules import validate_sigmas
 from .core import (NCSN_SAMPLING, Snapshots, check_batch, check_count, check_eps, check_mask, make_generator,
                    progress_bar, randn, step_sizes)

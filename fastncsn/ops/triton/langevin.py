@@ -6,7 +6,7 @@ One step of (annealed) Langevin dynamics (NCSN eq. 4, Algorithm 1 line 6)::
 
 followed, optionally, by the inpainting blend ``x <- known where mask`` and a
 clamp.  The update is in place; the reference is
-``fastncsn.reference.langevin_step_ref``.
+``fastncsn.ops.langevin_step_ref``.
 
 CUDA-graph safety: the step size ``a`` (one value or one per sample), the
 Philox ``seed`` and ``offset`` are *read from device tensors* inside the
@@ -15,7 +15,7 @@ the caller advances the offset tensor on the device
 (``offset += langevin_noise_counters(x.numel())``), and a new step size is a
 ``copy_`` into the step tensor.
 
-Noise stream (the same in ``fastncsn.reference.langevin_noise_ref``): the
+Noise stream (the same in ``fastncsn.ops.langevin_noise_ref``): the
 element at storage position ``e`` of ``x`` gets component ``e % 4`` of four
 normals made from ``tl.rand4x(seed, offset + e // 4)`` -- Philox4x32-10 keyed
 by the 64-bit seed, counter ``offset + e//4`` split in two 32-bit words, four
@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import is_dense
 from .cond_instance_norm import interpreting
 
 #: elements per program on a GPU (8 per thread with 8 warps)
@@ -156,11 +157,6 @@ def _langevin_noise_kernel(
 
 
 # --------------------------------------------------------------------------- launch helpers
-
-
-def is_dense(x: torch.Tensor) -> bool:
-    """Contiguous, or channels-last contiguous (4-D): the layouts the step updates in place."""
-    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _block() -> int:

@@ -1,8 +1,8 @@
 """Conditional instance normalisation++ (CIN++) in Triton: forward and backward.
 
 The op (NCSN, seed 003 appendix A, as the reference code computes it; the truth
-is ``fastncsn.reference.cond_instance_norm_plus_ref``): for sample ``n`` with
-level ``l = level_index[n]`` and channel ``c`` over the ``M = H*W`` pixels,
+is ``fastncsn.ops.cond_instance_norm_plus_ref``): for sample ``n`` with
+level ``l = level[n]`` and channel ``c`` over the ``M = H*W`` pixels,
 
     mu_c = mean_p x_cp            r_c = 1 / sqrt(var_p x_cp + eps)     (biased variance)
     m    = mean_c mu_c            q   = 1 / sqrt(var_c mu_c + eps)     (unbiased, q = 0 if C == 1)
@@ -24,7 +24,7 @@ therefore has two phases on a ``[BLOCK_C, BLOCK_P]`` tile grid of one sample:
 * apply (``APPLY``): read the sample's ``C`` means back, form ``m`` and ``q``,
   then normalise + mean term + gamma/alpha/beta + ELU and write the output.
 
-Plans (``_cin_plan``):
+Plans (``cin_plan``):
 
 * ``ONE_TILE`` -- the whole sample fits one tile (padded ``C*H*W`` up to
   ``ONE_TILE_MAX`` elements: the 128x7x7 MNIST and 256x8x8 CIFAR-10 layers):
@@ -64,6 +64,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
+from ..common import acc_dtype, dense_format
 
 #: most elements in one [BLOCK_C, BLOCK_P] tile on a GPU (registers: 8 warps
 #: hold 32 fp32 values per thread at this size)
@@ -430,19 +432,6 @@ def _level_sum_kernel(
 _TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the statistics (``mu``, ``rstd``) and of all in-kernel arithmetic for an input dtype."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def dense_format(x: torch.Tensor) -> torch.memory_format:
-    """Memory format of the output/gradient of ``x``: channels-last if ``x`` is channels-last
-    dense (and not also plain contiguous), else contiguous.  The fake kernels use the same rule."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _as_dense(x: torch.Tensor) -> torch.Tensor:
     """``x`` itself when it is NCHW- or channels-last-dense, else an NCHW copy."""
     return x if x.is_contiguous(memory_format=dense_format(x)) else x.contiguous()
@@ -549,13 +538,13 @@ def _launch_two_phase(kernel, phases: tuple[str, str], n: int, plan: CinPlan, ar
         kernel[(n, 1)](*args, **{first: True, second: True}, **meta)
 
 
-def launch_cin_fwd(x: torch.Tensor, level_index: torch.Tensor, weight: torch.Tensor, eps: float,
+def launch_cin_fwd(x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor, eps: float,
                    activation: str, split: Optional[bool] = None, tile: Optional[int] = None):
     """Run the forward kernels on ``x`` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
 
     Returns ``(out, mu, rstd)``: ``out`` like ``x`` (dtype, and layout by
     ``dense_format``), ``mu``/``rstd`` ``[N, C]`` in ``acc_dtype(x.dtype)``.
-    ``level_index`` values must lie in ``[0, num_levels)`` (not checked: that
+    ``level`` values must lie in ``[0, num_levels)`` (not checked: that
     would need a host sync).
     """
     n, c, h, w = x.shape
@@ -567,17 +556,17 @@ def launch_cin_fwd(x: torch.Tensor, level_index: torch.Tensor, weight: torch.Ten
     if x.numel() == 0:
         return out, mu, rstd
     x = _as_dense(x)
-    level_index = level_index.contiguous()
+    level = level.contiguous()
     weight = weight.contiguous()
     plan = cin_plan(x, split, tile)
-    args = (x, out, level_index, weight, mu, rstd, c, h * w, *_pixel_strides(x), weight.stride(0),
+    args = (x, out, level, weight, mu, rstd, c, h * w, *_pixel_strides(x), weight.stride(0),
             plan.chans_per_prog, float(eps))
     _launch_two_phase(_cin_fwd_kernel, ("STATS", "APPLY"), n, plan, args, has_beta, activation, acc)
     return out, mu, rstd
 
 
-def level_sum(part: torch.Tensor, level_index: torch.Tensor, num_levels: int) -> torch.Tensor:
-    """``out[l] = sum(part[n] for n with level_index[n] == l)``, ``[L, K]``, deterministic order."""
+def level_sum(part: torch.Tensor, level: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """``out[l] = sum(part[n] for n with level[n] == l)``, ``[L, K]``, deterministic order."""
     n, k = part.shape
     out = torch.empty((num_levels, k), dtype=part.dtype, device=part.device)
     if num_levels == 0 or k == 0:
@@ -585,11 +574,11 @@ def level_sum(part: torch.Tensor, level_index: torch.Tensor, num_levels: int) ->
     block_k = min(_pow2(k), 1024 if interpreting() else 256)
     block_n = min(_pow2(n), 64 if interpreting() else 16)
     _level_sum_kernel[(triton.cdiv(k, block_k), num_levels)](
-        part, level_index.contiguous(), out, n, k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+        part, level.contiguous(), out, n, k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
     return out
 
 
-def launch_cin_bwd(grad_out: torch.Tensor, x: torch.Tensor, level_index: torch.Tensor, weight: torch.Tensor,
+def launch_cin_bwd(grad_out: torch.Tensor, x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor,
                    mu: torch.Tensor, rstd: torch.Tensor, eps: float, activation: str,
                    split: Optional[bool] = None, tile: Optional[int] = None):
     """Gradients of the forward with respect to ``x`` and ``weight``.
@@ -608,14 +597,14 @@ def launch_cin_bwd(grad_out: torch.Tensor, x: torch.Tensor, level_index: torch.T
     x = _as_dense(x)
     if grad_out.stride() != x.stride():
         grad_out = torch.empty_like(x, dtype=grad_out.dtype).copy_(grad_out)
-    level_index = level_index.contiguous()
+    level = level.contiguous()
     weight = weight.contiguous()
     k = weight.shape[1]
     sums = torch.empty((2, n, c), dtype=acc, device=x.device)
     part = torch.empty((n, k), dtype=acc, device=x.device)
     plan = cin_plan(x, split, tile, backward=True)
-    args = (x, grad_out, grad_x, level_index, weight, mu.contiguous(), rstd.contiguous(), sums[0], sums[1], part,
+    args = (x, grad_out, grad_x, level, weight, mu.contiguous(), rstd.contiguous(), sums[0], sums[1], part,
             c, h * w, *_pixel_strides(x), weight.stride(0), k, plan.chans_per_prog, float(eps))
     _launch_two_phase(_cin_bwd_kernel, ("REDUCE", "APPLY"), n, plan, args, has_beta, activation, acc)
-    grad_weight = level_sum(part, level_index, weight.shape[0]).to(weight.dtype)
+    grad_weight = level_sum(part, level, weight.shape[0]).to(weight.dtype)
     return grad_x, grad_weight

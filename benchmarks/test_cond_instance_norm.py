@@ -1,0 +1,146 @@
+"""Throughput of the CIN++ op on every backend, against the PyTorch reference and torch.compile of it.
+
+Shapes are those of the NCSN v1 networks (every CIN++ layer shape of the MNIST
+ngf-64 and CIFAR-10 ngf-128 models) at batch 128 (training) and 1000 (sampling),
+bf16 channels-last (the fast network layout) and fp32 NCHW (the reference layout).
+Records (``extra_info``): op, backend, shape, dtype, gb_per_s of the bytes the op must
+move (forward: read x + write out; backward: read x, dy + write dx),
+bandwidth_fraction of the device copy bandwidth measured in the same run, reference_ms.
+
+Backends: ``triton`` (the backend's function, its own plan), ``cuda`` (the op, automatic plan), ``triton-fused``,
+``triton-split``, ``cuda-fused``, ``cuda-split`` (launch plans forced, to tune the
+plan choice), ``reference`` (eager ``fastncsn.ops.cond_instance_norm_plus_ref``) and
+``compile`` (``torch.compile`` of the reference; the largest layer of each config only,
+to bound compile time; deselect with ``-k "not compile"``).  A backend that is not
+available (triton missing, ``fastncsn._C`` not built) skips.  Commands: benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import BATCHES, need_backend, record, reference_ms
+from fastncsn.ops import cond_instance_norm_plus_ref
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+#: (config, C, H) of every CIN++ layer shape; the first per config is the largest
+LAYERS = [("mnist", 64, 28), ("mnist", 128, 14), ("mnist", 128, 7),
+          ("cifar10", 128, 32), ("cifar10", 256, 16), ("cifar10", 256, 8)]
+LARGEST = {("mnist", 64, 28), ("cifar10", 128, 32)}
+#: (dtype, channels_last): the fast bf16 network layout and the fp32 reference layout
+FORMATS = [(torch.bfloat16, True), (torch.float32, False)]
+NUM_LEVELS = 10
+BACKENDS = ("cuda", "cuda-fused", "cuda-split", "triton", "triton-fused", "triton-split", "reference", "compile")
+#: plan per backend name: None the backend's choice, False one fused launch, True the split plan
+SPLIT = {"": None, "fused": False, "split": True}
+
+
+def _cin_cases():
+    cases = []
+    for config, c, h in LAYERS:
+        for n in BATCHES:
+            for dtype, cl in FORMATS:
+                for backend in BACKENDS:
+                    if backend == "compile" and (config, c, h) not in LARGEST:
+                        continue
+                    layout = "cl" if cl else "nchw"
+                    cases.append(pytest.param(backend, (n, c, h, h), dtype, cl,
+                                              id=f"{backend}-{config}-{n}x{c}x{h}x{h}-{str(dtype)[6:]}-{layout}"))
+    return cases
+
+
+def _cin_inputs(shape, dtype, channels_last):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(shape, device="cuda", generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(NUM_LEVELS, 3 * shape[1], device="cuda", generator=g)
+    y = torch.randint(0, NUM_LEVELS, (shape[0],), device="cuda", generator=g)
+    dy = torch.randn_like(x)
+    return x, y, w, dy
+
+
+def _launches(backend):
+    """(forward, backward) launch functions of a fast backend name with its plan bound."""
+    base, _, plan = backend.partition("-")
+    if base == "cuda":
+        code = {None: -1, False: 0, True: 1}[SPLIT[plan]]
+        return (lambda x, y, w: torch.ops.fastncsn_cuda.cin_plus_fwd(x, y, w, 1e-5, "elu", code),
+                lambda dy, x, y, w, mu, rstd: torch.ops.fastncsn_cuda.cin_plus_bwd(dy, x, y, w, mu, rstd, 1e-5,
+                                                                                  "elu", code))
+    from fastncsn.ops.triton.cond_instance_norm import launch_cin_bwd, launch_cin_fwd
+    split = SPLIT[plan]
+    return (lambda x, y, w: launch_cin_fwd(x, y, w, 1e-5, "elu", split=split),
+            lambda dy, x, y, w, mu, rstd: launch_cin_bwd(dy, x, y, w, mu, rstd, 1e-5, "elu", split=split))
+
+
+def _cin_fwd_fn(backend, x, y, w):
+    if backend == "triton":                      # the backend's public function (checks + op), its own plan
+        from fastncsn.ops.dispatch import backend_module
+        mod, _ = backend_module("triton")
+        return lambda: mod.cond_instance_norm_plus(x, y, w, activation="elu")
+    if backend == "reference":
+        return lambda: cond_instance_norm_plus_ref(x, y, w, activation="elu")
+    if backend == "compile":
+        compiled = torch.compile(cond_instance_norm_plus_ref, dynamic=False)
+        return lambda: compiled(x, y, w, activation="elu")
+    fwd, _ = _launches(backend)
+    return lambda: fwd(x, y, w)
+
+
+@pytest.mark.parametrize("backend,shape,dtype,channels_last", _cin_cases())
+def test_cin_fwd(benchmark, copy_gbps, reference_ms_cache, backend, shape, dtype, channels_last):
+    need_backend(backend)
+    x, y, w, _ = _cin_inputs(shape, dtype, channels_last)
+    with torch.no_grad():
+        ref_ms = reference_ms(reference_ms_cache, ("cin_fwd", shape, dtype, channels_last),
+                              _cin_fwd_fn("reference", x, y, w))
+        record(benchmark, _cin_fwd_fn(backend, x, y, w), op="cin_fwd", backend=backend, shape=shape, dtype=dtype,
+               bytes_moved=2 * x.numel() * x.element_size(), copy_gbps=copy_gbps, reference_ms=ref_ms,
+               layout="channels_last" if channels_last else "nchw")
+
+
+def _cin_bwd_fn(backend, x, y, w, dy):
+    """A function running the backward only (statistics / autograd graph made once, outside the timing)."""
+    if backend in ("reference", "compile"):
+        xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+        fwd = cond_instance_norm_plus_ref if backend == "reference" else \
+            torch.compile(cond_instance_norm_plus_ref, dynamic=False)
+        out = fwd(xr, y, wr, activation="elu")
+        return lambda: torch.autograd.grad(out, (xr, wr), dy, retain_graph=True)
+    fwd, bwd = _launches(backend)
+    _, mu, rstd = fwd(x, y, w)
+    return lambda: bwd(dy, x, y, w, mu, rstd)
+
+
+@pytest.mark.parametrize("backend,shape,dtype,channels_last", _cin_cases())
+def test_cin_bwd(benchmark, copy_gbps, reference_ms_cache, backend, shape, dtype, channels_last):
+    need_backend(backend)
+    x, y, w, dy = _cin_inputs(shape, dtype, channels_last)
+    ref_ms = reference_ms(reference_ms_cache, ("cin_bwd", shape, dtype, channels_last),
+                          _cin_bwd_fn("reference", x, y, w, dy))
+    record(benchmark, _cin_bwd_fn(backend, x, y, w, dy), op="cin_bwd", backend=backend, shape=shape, dtype=dtype,
+           bytes_moved=3 * x.numel() * x.element_size(), copy_gbps=copy_gbps, reference_ms=ref_ms,
+           layout="channels_last" if channels_last else "nchw")
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
+@pytest.mark.parametrize("config,n", [("cifar10", 1000), ("mnist", 1000), ("cifar10", 128)])
+def test_network_forward(benchmark, copy_gbps, reference_ms_cache, config, n, backend):
+    """Whole NCSN v1 network forward, bf16 channels-last (acceptance: CIFAR-10, batch 1000, Triton <= 60 ms)."""
+    need_backend(backend)
+    from fastncsn.models import CondRefineNetDilated
+    c, size, ngf = (3, 32, 128) if config == "cifar10" else (1, 28, 64)
+    torch.manual_seed(0)
+    net = CondRefineNetDilated(image_size=size, channels=c, ngf=ngf, num_levels=NUM_LEVELS).cuda().eval()
+    net = net.to(torch.bfloat16, memory_format=torch.channels_last)
+    x = torch.rand(n, c, size, size, device="cuda").to(torch.bfloat16, memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_LEVELS, (n,), device="cuda")
+    with torch.no_grad():
+        net.set_backend("torch")
+        ref_ms = reference_ms(reference_ms_cache, ("network", config, n), lambda: net(x, y))
+        net.set_backend(backend)
+        ms = record(benchmark, lambda: net(x, y), op="network_forward", backend=backend, shape=x.shape,
+                    dtype=torch.bfloat16, bytes_moved=None, copy_gbps=copy_gbps, reference_ms=ref_ms, rounds=10)
+    benchmark.extra_info["images_per_s"] = n / (ms * 1e-3)

@@ -1,0 +1,32 @@
+"""Fused ops of fastncsn: one file per op, one place that knows backends.
+
+Layout::
+
+    dispatch.py            backends ("auto" | "triton" | "cuda" | "torch"), availability, the auto choice
+    common.py              helpers shared by the op files and both fast backends
+    cond_instance_norm.py  CIN++: reference, argument checks, public function, torch.library ops, autograd
+    langevin.py            the Langevin step: Philox reference, argument checks, public function, op
+    triton/                Triton kernels (imported only when the "triton" backend is used)
+    cuda.py                wrappers of the CUDA extension fastncsn._C (built from csrc/)
+
+Importing this package touches neither CUDA nor triton nor the extension.
+"""
+from .cond_instance_norm import ACTIVATIONS, CIN_EPS, cond_instance_norm_plus, cond_instance_norm_plus_ref
+from .dispatch import AUTO_PREFERENCE, BACKENDS, BackendUnavailableError, available_backends, resolve_backend
+from .langevin import langevin_noise_counters, langevin_noise_ref, langevin_step_, langevin_step_ref
+
+__all__ = [
+    "cond_instance_norm_plus",
+    "langevin_step_",
+    "langevin_noise_counters",
+    "cond_instance_norm_plus_ref",
+    "langevin_step_ref",
+    "langevin_noise_ref",
+    "CIN_EPS",
+    "ACTIVATIONS",
+    "BACKENDS",
+    "AUTO_PREFERENCE",
+    "BackendUnavailableError",
+    "available_backends",
+    "resolve_backend",
+]

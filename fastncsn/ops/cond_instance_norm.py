@@ -1,0 +1,294 @@
+"""The CIN++ op: conditional instance normalisation++ (NCSN, seed 003 appendix A), optionally with a fused ELU.
+
+* ``cond_instance_norm_plus_ref`` -- the pure-PyTorch reference ("truth"), as the
+  reference NCSN code computes it; ``cin_plus_bwd_ref`` its backward in closed form;
+* ``check_cin_args`` -- the argument checks of every backend;
+* ``cond_instance_norm_plus`` -- the public op with backend dispatch;
+* the ``torch.library`` registration: the custom ops ``fastncsn::cin_plus_fwd`` and
+  ``fastncsn::cin_plus_bwd`` of the Triton backend (the Triton launch as the CUDA kernel,
+  a CPU kernel, a fake kernel and autograd), and the fake kernels and the autograd shared
+  with the CUDA extension's ``fastncsn_cuda::cin_plus_fwd`` (``register_cin_autograd``).
+
+Schemas (``level_index`` is the ``[N]`` noise-level index, called ``level`` in the Python API)::
+
+    fastncsn::cin_plus_fwd(x, level_index, weight, eps, activation) -> (out, mu, rstd)
+    fastncsn::cin_plus_bwd(grad_out, x, level_index, weight, mu, rstd, eps, activation) -> (grad_x, grad_weight)
+
+Fake kernels and autograd make ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``
+work with the ops on any device.  (``torch.library.triton_op`` would be more transparent to
+Inductor on a GPU, but fails opcheck and compile on a machine without one.)  The CPU kernels
+follow ``fastncsn.ops.common.CPU_IMPL`` (the Triton kernels under ``TRITON_INTERPRET=1``, else the
+reference math).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .common import acc_dtype, check_same_device, cpu_runs_triton, dense_format, require
+from .dispatch import backend_module, resolve_backend
+
+__all__ = [
+    "CIN_EPS",
+    "ACTIVATIONS",
+    "check_cin_args",
+    "cond_instance_norm_plus",
+    "cond_instance_norm_plus_ref",
+    "cin_plus_bwd_ref",
+    "cin_fwd_fake",
+    "cin_bwd_fake",
+    "register_cin_autograd",
+    "run_backend_forward",
+]
+
+#: epsilon of both the instance-norm variance and the channel-mean variance
+#: (``nn.InstanceNorm2d`` default and the literal ``1e-5`` of the reference code)
+CIN_EPS = 1e-5
+
+#: activations that may be fused into CIN++
+ACTIVATIONS = (None, "elu")
+
+
+def check_cin_args(x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor,
+                   activation: Optional[str]) -> int:
+    """Check the arguments of CIN++ (every backend); returns the channel count ``C``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x: expected a 4-D tensor [N, C, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    n, c = x.shape[:2]
+    if not isinstance(level, torch.Tensor) or level.dtype not in (torch.int64, torch.int32):
+        raise TypeError("level: expected an integer tensor of shape [N]")
+    if level.shape != (n,):
+        raise ValueError(f"level: expected shape [{n}], got {tuple(level.shape)}")
+    if weight.dim() != 2 or weight.shape[1] not in (2 * c, 3 * c):
+        raise ValueError(f"weight: expected [num_levels, 3*C] (gamma|alpha|beta) or [num_levels, 2*C] "
+                         f"(gamma|alpha) with C={c}, got {tuple(weight.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    return c
+
+
+def cond_instance_norm_plus_ref(x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor,
+                                eps: float = CIN_EPS, activation: Optional[str] = None) -> torch.Tensor:
+    """Conditional instance normalisation++ as the reference NCSN code computes it.
+
+    With ``mu[n, c]`` the spatial mean of channel ``c``, ``s[n, c]`` its (biased)
+    spatial standard deviation, ``m[n]`` and ``v[n]`` the mean and the *unbiased*
+    variance of ``mu[n, :]`` over channels, and ``h = (x - mu) / sqrt(s^2 + eps)``::
+
+        out = gamma[l] * (h + alpha[l] * (mu - m) / sqrt(v + eps)) + beta[l]
+
+    where ``l = level[n]`` selects one row of the per-level embedding
+    ``weight = [gamma | alpha | beta]``.
+
+    This places ``alpha`` *inside* ``gamma``.  The formula printed in seed 004
+    (eq. 10), ``z = gamma * (x - mu)/s + beta + alpha * (mu - m)/v``, places the
+    mean term outside ``gamma`` (and divides by ``v`` where the code divides by
+    ``sqrt(v + eps)``); the two parameterisations describe the same family
+    (``alpha_004 = gamma * alpha_code``), but checkpoints of the reference code
+    follow the form implemented here.
+
+    Channel count 1: the unbiased variance over one channel is undefined
+    (``torch.var`` gives NaN); here ``mu - m`` is exactly 0 and the mean term is
+    defined as 0, which the fused kernels reproduce.
+
+    Args:
+        x: ``[N, C, H, W]`` input (any float dtype; statistics in fp32).
+        level: ``[N]`` integer noise-level index per sample.
+        weight: ``[L, 3C]`` rows ``gamma | alpha | beta``, or ``[L, 2C]``
+            (``gamma | alpha``, no bias: the reference's ``bias=False``).
+        eps: variance epsilon (1e-5 in the reference).
+        activation: ``None`` or ``"elu"`` applied to the output.
+
+    Returns:
+        ``[N, C, H, W]`` tensor of ``x``'s dtype.
+    """
+    c = check_cin_args(x, level, weight, activation)
+    xf = x.float()
+    mu = xf.mean(dim=(2, 3))                                   # [N, C]
+    var = xf.var(dim=(2, 3), unbiased=False)                   # [N, C]
+    h = (xf - mu[:, :, None, None]) * torch.rsqrt(var + eps)[:, :, None, None]
+    if c > 1:
+        m = mu.mean(dim=1, keepdim=True)
+        v = mu.var(dim=1, keepdim=True, unbiased=True)
+        mean_term = (mu - m) / torch.sqrt(v + eps)             # [N, C]
+    else:
+        mean_term = torch.zeros_like(mu)
+    rows = weight.float()[level]                         # [N, 2C or 3C]
+    gamma, alpha = rows[:, :c], rows[:, c:2 * c]
+    out = gamma[:, :, None, None] * (h + (alpha * mean_term)[:, :, None, None])
+    if rows.shape[1] == 3 * c:
+        out = out + rows[:, 2 * c:, None, None]
+    if activation == "elu":
+        out = F.elu(out)
+    return out.to(x.dtype)
+
+
+def cond_instance_norm_plus(x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor,
+                            eps: float = CIN_EPS, activation: Optional[str] = None,
+                            backend: str = "auto") -> torch.Tensor:
+    """Conditional instance norm++ with an optional fused activation.
+
+    Shapes: ``x`` ``[N, C, H, W]`` (NCHW or channels-last), ``level``
+    ``[N]`` int64, ``weight`` ``[L, 3C]`` (gamma | alpha | beta) or ``[L, 2C]``.
+    Formula: see ``cond_instance_norm_plus_ref`` (NCSN appendix A, as the
+    reference code computes it).  Differentiable with respect to ``x`` and
+    ``weight`` on every backend.  ``backend``: "auto" | "triton" | "cuda" | "torch"
+    (see ``fastncsn.ops.resolve_backend``).
+    """
+    b = resolve_backend(backend, x.device, "cond_instance_norm_plus")
+    if b == "torch":
+        return cond_instance_norm_plus_ref(x, level, weight, eps, activation)
+    mod, _ = backend_module(b)
+    return mod.cond_instance_norm_plus(x, level, weight, eps, activation)
+
+
+def run_backend_forward(namespace: str, x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor, eps: float,
+                        activation: Optional[str], available, what: str, dtypes: tuple) -> torch.Tensor:
+    """The public CIN++ function of a fast backend: check the arguments (then that the backend
+    ``available``, named ``what``, runs on ``x``'s device, the devices and ``x.dtype in dtypes``) and
+    return the output of its forward op ``torch.ops.<namespace>.cin_plus_fwd`` (autograd through it)."""
+    check_cin_args(x, level, weight, activation)
+    require(available, what, x.device)
+    check_same_device(x.device, level=level, weight=weight)
+    if x.dtype not in dtypes:
+        raise TypeError(f"x: expected a tensor of dtype {', '.join(str(d) for d in dtypes)}, got {x.dtype}")
+    out, _, _ = getattr(torch.ops, namespace).cin_plus_fwd(x, level, weight, float(eps), "none" if activation is None else activation)
+    return out
+
+
+# --------------------------------------------------------------------------- fake kernels, autograd (both backends)
+
+
+def _activation_arg(activation: str) -> Optional[str]:
+    """The op schemas' activation string ("none" | "elu") as the Python API's (None | "elu")."""
+    if activation not in ("none", "elu"):
+        raise ValueError(f"activation: expected 'none' or 'elu', got {activation!r}")
+    return None if activation == "none" else activation
+
+
+def cin_fwd_fake(x, level_index, weight, eps, activation, plan=-1):
+    """Fake (meta) kernel of ``cin_plus_fwd`` (both backends; ``plan`` only in the CUDA schema)."""
+    stats = x.new_empty(x.shape[:2], dtype=acc_dtype(x.dtype))
+    return torch.empty_like(x, memory_format=dense_format(x)), stats, torch.empty_like(stats)
+
+
+def cin_bwd_fake(grad_out, x, level_index, weight, mu, rstd, eps, activation, plan=-1):
+    """Fake (meta) kernel of ``cin_plus_bwd`` (both backends)."""
+    return torch.empty_like(x, memory_format=dense_format(x)), weight.new_empty(weight.shape)
+
+
+def register_cin_autograd(fwd_op: str, bwd) -> None:
+    """Register the autograd of the forward op ``fwd_op`` (qualified name), whose outputs are
+    ``(out, mu, rstd)``, with ``bwd(grad_out, x, level_index, weight, mu, rstd, eps, activation, *extra)``
+    as its backward; ``extra`` are the forward's arguments after ``activation`` (the CUDA plan)."""
+
+    def setup_context(ctx, inputs, output):
+        x, level_index, weight, eps, activation, *extra = inputs
+        _, mu, rstd = output
+        ctx.save_for_backward(x, level_index, weight, mu, rstd)
+        ctx.eps, ctx.activation, ctx.extra = eps, activation, tuple(extra)
+        ctx.mark_non_differentiable(mu, rstd)
+
+    def backward(ctx, grad_out, _grad_mu, _grad_rstd):
+        x, level_index, weight, mu, rstd = ctx.saved_tensors
+        none_extra = (None,) * len(ctx.extra)
+        if grad_out is None:
+            return (None,) * 5 + none_extra
+        grad_x, grad_weight = bwd(grad_out, x, level_index, weight, mu, rstd, ctx.eps, ctx.activation, *ctx.extra)
+        return (grad_x if ctx.needs_input_grad[0] else None, None,
+                grad_weight if ctx.needs_input_grad[2] else None, None, None) + none_extra
+
+    torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
+
+
+# --------------------------------------------------------------------------- the Triton backend's custom ops
+
+
+def _launch_cin_fwd(x, level, weight, eps, activation):
+    from .triton.cond_instance_norm import launch_cin_fwd   # lazy: importing the ops never imports triton
+    return launch_cin_fwd(x, level, weight, eps, activation)
+
+
+def _launch_cin_bwd(grad_out, x, level, weight, mu, rstd, eps, activation):
+    from .triton.cond_instance_norm import launch_cin_bwd
+    return launch_cin_bwd(grad_out, x, level, weight, mu, rstd, eps, activation)
+
+
+@torch.library.custom_op("fastncsn::cin_plus_fwd", mutates_args=(), device_types="cuda")
+def cin_plus_fwd(x: Tensor, level_index: Tensor, weight: Tensor, eps: float,
+                 activation: str) -> tuple[Tensor, Tensor, Tensor]:
+    """CIN++ forward; returns ``(out, mu, rstd)`` with ``mu``/``rstd`` ``[N, C]`` saved for the backward."""
+    return _launch_cin_fwd(x, level_index, weight, eps, activation)
+
+
+@cin_plus_fwd.register_kernel("cpu")
+def _cin_plus_fwd_cpu(x, level_index, weight, eps, activation):
+    if cpu_runs_triton():
+        return _launch_cin_fwd(x, level_index, weight, eps, activation)
+    ref = cond_instance_norm_plus_ref(x, level_index, weight, eps, _activation_arg(activation))
+    out = torch.empty_like(x, memory_format=dense_format(x)).copy_(ref)
+    var, mu = torch.var_mean(x.to(acc_dtype(x.dtype)), dim=(2, 3), unbiased=False)
+    return out, mu, torch.rsqrt(var + eps)
+
+
+@torch.library.custom_op("fastncsn::cin_plus_bwd", mutates_args=(), device_types="cuda")
+def cin_plus_bwd(grad_out: Tensor, x: Tensor, level_index: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor,
+                 eps: float, activation: str) -> tuple[Tensor, Tensor]:
+    """Gradients of ``cin_plus_fwd`` with respect to ``x`` and ``weight`` (deterministic)."""
+    return _launch_cin_bwd(grad_out, x, level_index, weight, mu, rstd, eps, activation)
+
+
+def cin_plus_bwd_ref(grad_out: Tensor, x: Tensor, level: Tensor, weight: Tensor, mu: Tensor,
+                       rstd: Tensor, eps: float, activation: str) -> tuple[Tensor, Tensor]:
+    """The backward of CIN++ written out in PyTorch (the formulas of the docstring of
+    ``fastncsn.ops.triton.cond_instance_norm``); the CPU kernel of ``cin_plus_bwd`` when it does not run Triton.  (Autograd cannot
+    run inside a custom op's kernel, so this is the reference math in closed form; the tests
+    compare it with autograd of ``cond_instance_norm_plus_ref``.)"""
+    act = _activation_arg(activation)
+    n, c, h, w = x.shape
+    acc = acc_dtype(x.dtype)
+    xf, dy = x.to(acc), grad_out.to(acc)
+    mu, rstd = mu.to(acc)[:, :, None, None], rstd.to(acc)[:, :, None, None]
+    rows = weight.to(acc)[level]
+    gamma, alpha = rows[:, :c, None, None], rows[:, c:2 * c, None, None]
+    beta = rows[:, 2 * c:, None, None] if rows.shape[1] == 3 * c else torch.zeros_like(gamma)
+    if c > 1:
+        m = mu.mean(dim=1, keepdim=True)
+        q = torch.rsqrt(mu.var(dim=1, keepdim=True, unbiased=True) + eps)
+        t = (mu - m) * q
+    else:
+        q = torch.zeros_like(mu)
+        t = torch.zeros_like(mu)
+    hn = (xf - mu) * rstd
+    if act == "elu":
+        y = gamma * (hn + alpha * t) + beta
+        dy = torch.where(y > 0, dy, dy * torch.exp(y.clamp(max=0)))
+    s = dy.sum(dim=(2, 3), keepdim=True)
+    p = (dy * hn).sum(dim=(2, 3), keepdim=True)
+    dt = gamma * alpha * s
+    dmu = torch.zeros_like(dt)
+    if c > 1:
+        dmu = q * (dt - dt.mean(dim=1, keepdim=True) - t * (dt * t).sum(dim=1, keepdim=True) / (c - 1))
+    inv = 1.0 / (h * w)
+    grad_x = rstd * gamma * (dy - s * inv - hn * (p * inv)) + dmu * inv
+    part = torch.cat([p + alpha * t * s, gamma * t * s] + ([s] if weight.shape[1] == 3 * c else []), dim=1)
+    grad_w = torch.zeros((weight.shape[0], weight.shape[1]), dtype=acc, device=x.device)
+    grad_w.index_add_(0, level, part.reshape(n, -1))
+    out = torch.empty_like(x, memory_format=dense_format(x)).copy_(grad_x)
+    return out, grad_w.to(weight.dtype)
+
+
+@cin_plus_bwd.register_kernel("cpu")
+def _cin_plus_bwd_cpu(grad_out, x, level_index, weight, mu, rstd, eps, activation):
+    if cpu_runs_triton():
+        return _launch_cin_bwd(grad_out, x, level_index, weight, mu, rstd, eps, activation)
+    return cin_plus_bwd_ref(grad_out, x, level_index, weight, mu, rstd, eps, activation)
+
+
+cin_plus_fwd.register_fake(cin_fwd_fake)
+cin_plus_bwd.register_fake(cin_bwd_fake)
+register_cin_autograd("fastncsn::cin_plus_fwd", cin_plus_bwd)
