@@ -39,7 +39,6 @@ their captured graphs) in a small module-level cache.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import OrderedDict
 from typing import Callable, Optional, Sequence
