@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import register
+from .models.registry import register
 
 __all__ = ["GaussianMixture", "CircleManifold", "seed003_mixture", "seed004_wide_peaked", "ToyScoreNet",
            "MixtureScoreModel", "TOY_SAMPLING", "train_toy", "mode_weight"]
