@@ -9,7 +9,7 @@ MNIST (28x28x1, ngf 64) and CIFAR-10 (32x32x3, ngf 128), NCSN v1
 * ``reference`` -- fp32, NCHW, CIN++ by the PyTorch reference (backend "torch"),
   eager, Adam (foreach): the baseline of the issue (133.4 ms CIFAR-10, 117.3 ms
   MNIST on an H100);
-* ``fast`` -- ``fastncsn.fast_training``: bf16 autocast with the loss in fp32,
+* ``fast`` -- ``fastncsn.training.fast``: bf16 autocast with the loss in fp32,
   channels-last, fused CIN++ (backend "auto"), regional ``torch.compile`` of the
   residual and RefineNet blocks, fused Adam;
 * ``fast-eager`` -- the same without the compile (what the compile buys).
@@ -32,8 +32,7 @@ import torch
 import torch._dynamo
 
 from fastncsn import ops
-from fastncsn.fast_training import dsm_step, make_optimizer, prepare_fast_model
-from fastncsn.losses import dsm_loss
+from fastncsn.training import dsm_step, make_optimizer, prepare_fast_model
 from fastncsn.models import CondRefineNetDilated
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -75,12 +74,7 @@ def _build(config: str, path: str):
     def step():
         levels = torch.randint(0, NUM_LEVELS, (BATCH,), generator=gen, device=DEVICE)
         z = torch.randn(x.shape, generator=gen, device=DEVICE)
-        opt.zero_grad(set_to_none=True)
-        if fast:
-            dsm_step(model, x, model.sigmas, levels, z, precision=precision)
-        else:
-            dsm_loss(model, x, model.sigmas, level_index=levels, noise=z).loss.backward()
-        opt.step()
+        dsm_step(model, x, model.sigmas, levels, z, precision=precision, channels_last=fast, optimizer=opt)
 
     step()
     torch.cuda.synchronize()

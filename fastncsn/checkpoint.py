@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 __all__ = ["FORMAT", "CheckpointError", "save", "load", "load_checkpoint", "atomic_save", "load_bundled",
-           "BUNDLED_PATH", "rng_state", "set_rng_state", "convert_reference_state_dict"]
+           "BUNDLED_PATH", "rng_state", "set_rng_state", "convert_reference_state_dict", "load_state"]
 
 FORMAT = "fastncsn/1"
 BUNDLED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_ncsn.pt")
@@ -183,7 +183,9 @@ def convert_reference_state_dict(sd: dict) -> dict:
     return out
 
 
-def _load_state(model, sd: dict, path: str) -> None:
+def load_state(model, sd: dict, path: str) -> None:
+    """Load the state dict ``sd`` (read from ``path``) into ``model``, casting to the model's dtypes;
+    CheckpointError naming ``path`` when the keys or shapes do not fit."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -227,14 +229,14 @@ def load(path: str, map_location="cpu", ema: bool = True, **config):
         if ck["reference"] == "ncsnv2" and "sigmas" in sd and "sigmas" not in config:
             config["sigmas"] = sd["sigmas"].float().tolist()
         model = cls(**config)
-        _load_state(model, sd, path)
+        load_state(model, sd, path)
         return model.to(map_location).eval()
     cfg = dict(ck["config"])
     cfg.pop("backend", None)    # a run option, not state: older checkpoints recorded it in the config
     cfg.update(config)
     model = get_model_class(ck["model_class"])(**cfg)
     sd = ck["ema_state_dict"] if ema and ck.get("ema_state_dict") else ck["state_dict"]
-    _load_state(model, sd, path)
+    load_state(model, sd, path)
     if ck.get("sampling_defaults"):
         model.sampling_defaults = dict(ck["sampling_defaults"])
     return model.to(map_location).eval()

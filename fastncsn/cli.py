@@ -90,7 +90,7 @@ def _cmd_sample(a) -> None:
 
 
 def _cmd_train(a) -> None:
-    from .training import CPU_DIGITS_RECIPE, default_recipe, train
+    from .training import CPU_DIGITS_RECIPE, default_recipe, describe_recipe, train
     data = a.data
     recipe = default_recipe(data, a.device)
     given = dict(ngf=a.ngf, batch_size=a.batch_size, lr=a.lr, ema_rate=a.ema, steps=a.steps)
@@ -100,7 +100,7 @@ def _cmd_train(a) -> None:
     if a.ema is not None and not 0 <= a.ema < 1:
         raise CLIError(f"--ema: expected a rate in [0, 1) (0 = no EMA), got {a.ema}")
     if recipe == dict(recipe, **CPU_DIGITS_RECIPE) and not a.quiet:
-        print("fastncsn: CPU recipe for the embedded digits: ngf 8, batch 64, lr 2e-3, EMA 0.99, 1500 steps "
+        print(f"fastncsn: CPU recipe for the embedded digits: {describe_recipe(CPU_DIGITS_RECIPE)} "
               "(~10 min on 2 cores); --ngf/--batch-size/--lr/--ema/--steps override it")
     try:
         model = train(None, data=data, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
@@ -111,7 +111,7 @@ def _cmd_train(a) -> None:
                       root=a.root, fast=a.fast, precision=a.precision, compile=a.compile,
                       tensorboard_dir=a.tensorboard, extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
     except ValueError as exc:
-        # train checks the fast/precision/compile combination (fastncsn.fast_training.resolve_fast_options)
+        # train checks the fast/precision/compile combination (fastncsn.training.resolve_fast_options)
         # before any work; name the flag in its one-line error
         if str(exc).split(":", 1)[0] in ("fast", "precision", "compile"):
             raise CLIError(f"--{exc}") from None
@@ -249,23 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sample)
 
+    from .training.recipes import CPU_DIGITS_RECIPE as cpu, GENERIC_RECIPE as gen
     t = sub.add_parser("train", help="train a score network with denoising score matching",
                        description="Train CondRefineNetDilated with DSM; resumes from the newest checkpoint in --out.")
     t.add_argument("--data", default="digits", help="digits | mnist | cifar10 | celeba | stanford_cars | folder:PATH")
     t.add_argument("--root", help="directory of the torchvision dataset files")
     t.add_argument("--out", required=True, help="run directory (checkpoints, train_log.jsonl)")
-    t.add_argument("--steps", type=int, help="total steps (default: 1500 for digits on a CPU, else 2000)")
-    t.add_argument("--ngf", type=int, help="network width (default: 8 for digits on a CPU, else 64)")
+    t.add_argument("--steps", type=int, help=f"total steps (default: {cpu['steps']} for digits on a CPU, else {gen['steps']})")
+    t.add_argument("--ngf", type=int, help=f"network width (default: {cpu['ngf']} for digits on a CPU, else {gen['ngf']})")
     t.add_argument("--num-levels", type=int, default=10)
     t.add_argument("--sigma-1", type=float, default=1.0)
     t.add_argument("--sigma-L", type=float, default=0.01)
     t.add_argument("--schedule", default="geometric",
                    choices=["geometric", "linear", "cosine", "squared_cosine", "sigmoid"])
-    t.add_argument("--batch-size", type=int, help="default: 64 for digits on a CPU, else 128")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-3 for digits on a CPU, else 1e-3)")
+    t.add_argument("--batch-size", type=int, help=f"default: {cpu['batch_size']} for digits on a CPU, else {gen['batch_size']}")
+    t.add_argument("--lr", type=float, help=f"Adam learning rate (default: {cpu['lr']:g} for digits on a CPU, else {gen['lr']:g})")
     t.add_argument("--ema", type=float,
-                   help="EMA rate of the weights, e.g. 0.999; 0 turns it off (default: 0.99 for digits on a CPU, "
-                        "else off); sampling from a checkpoint uses the EMA weights when present")
+                   help=f"EMA rate of the weights, e.g. 0.999; 0 turns it off (default: {cpu['ema_rate']:g} for digits "
+                        f"on a CPU, else {gen['ema_rate'] or 'off'}); sampling from a checkpoint uses the EMA weights when present")
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--keep-last", type=int, default=3)
     t.add_argument("--seed", type=int, default=0)

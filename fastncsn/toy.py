@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import register
+from .models.registry import register
 
 __all__ = ["GaussianMixture", "CircleManifold", "seed003_mixture", "seed004_wide_peaked", "ToyScoreNet",
            "MixtureScoreModel", "TOY_SAMPLING", "train_toy", "mode_weight"]
@@ -301,16 +301,14 @@ class ToyScoreNet(nn.Module):
 
 def train_toy(model: ToyScoreNet, dist, steps: int = 3000, batch_size: int = 256, lr: float = 1e-3,
               generator: Optional[torch.Generator] = None, log_every: int = 0) -> list:
-    """Train ``model`` on samples of ``dist`` with DSM (``fastncsn.losses.dsm_loss``); returns the losses."""
-    from .losses import dsm_loss
+    """Train ``model`` on samples of ``dist`` with DSM (the one training step,
+    :func:`fastncsn.training.step.dsm_step`, fp32; levels and noise from ``generator``); returns the losses."""
+    from .training.step import dsm_step
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for it in range(steps):
         x = dist.sample(batch_size, generator=generator)
-        out = dsm_loss(model, x, model.sigmas, generator=generator)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
+        out = dsm_step(model, x, model.sigmas, generator=generator, optimizer=opt)
         losses.append(float(out.loss.detach()))
         if log_every and (it + 1) % log_every == 0:
             print(f"step {it + 1}: loss {losses[-1]:.4f}")

@@ -15,7 +15,6 @@ embedded digits (sklearn, resized to 28x28), DSM with sigma^2 weighting, Adam
 lr 1e-3, batches drawn with replacement, dequantisation x*255/256 + U/256,
 EMA 0.999, one thread, seed 0.
 """
-import copy
 import sys
 import time
 
@@ -23,27 +22,21 @@ import torch
 
 
 def train(ngf: int, steps: int, bs: int, out: str = "runs") -> None:
-    from fastncsn.losses import dsm_loss
     from fastncsn.data import embedded_digits
     from fastncsn.models.refinenet import CondRefineNetDilated
+    from fastncsn.training import EMA, dsm_step
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x_all, _ = embedded_digits()
     model = CondRefineNetDilated(28, 1, ngf, 10)
-    ema = copy.deepcopy(model)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
+    ema = EMA(model, 0.999)
     g = torch.Generator().manual_seed(0)
     t0 = time.time()
     for step in range(1, steps + 1):
         idx = torch.randint(0, x_all.shape[0], (bs,), generator=g)
         x = x_all[idx] * 255 / 256 + torch.rand(bs, 1, 28, 28, generator=g) / 256
-        out_ = dsm_loss(model, x, model.sigmas, generator=g)
-        opt.zero_grad()
-        out_.loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(0.999).add_(pm, alpha=0.001)
+        out_ = dsm_step(model, x, model.sigmas, generator=g, optimizer=opt, ema=ema)  # levels, noise from g
         if step % 50 == 0:
             print(step, f"{out_.loss.item():.3f}", f"{(time.time() - t0) / step:.2f}s/step", flush=True)
         if step % 500 == 0:

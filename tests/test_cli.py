@@ -109,8 +109,9 @@ def test_train_defaults_follow_the_recipe(tmp_path, fake_train, capsys):
     import fastncsn.training as training
     seen = fake_train
     assert main(["train", "--data", "digits", "--out", str(tmp_path), "--device", "cpu"]) == 0
-    assert "CPU recipe" in capsys.readouterr().out
     r = training.CPU_DIGITS_RECIPE
+    out = capsys.readouterr().out   # the recipe printed from the one definition, not from a copy
+    assert "CPU recipe" in out and training.describe_recipe(r) in out and "ngf 8, batch 64" in out
     assert (seen["ngf"], seen["batch_size"], seen["lr"], seen["ema_rate"], seen["steps"]) == (
         r["ngf"], r["batch_size"], r["lr"], r["ema_rate"], r["steps"])
     assert main(["train", "--data", "digits", "--out", str(tmp_path), "--device", "cpu", "--ngf", "16",

@@ -1,4 +1,4 @@
-"""The fast training path (issue 7): fastncsn.fast_training and train(fast=..., precision=..., compile=...).
+"""The fast training path (issue 7): fastncsn.training.fast / dsm_step and train(fast=..., precision=..., compile=...).
 
 On the CPU the fast path differs from the reference only where asked: bf16
 autocast (precision="bf16") and the regional compile (compile=<backend>); the
@@ -14,10 +14,10 @@ import warnings
 import pytest
 import torch
 
-from fastncsn.fast_training import (dsm_step, prepare_fast_model, release_fast_model, resolve_fast_options)
 from fastncsn.losses import dsm_loss
 from fastncsn.models import CondRefineNetDilated
-from fastncsn.training import find_checkpoints, train
+from fastncsn.training import (dsm_step, find_checkpoints, prepare_fast_model, release_fast_model,
+                               resolve_fast_options, train)
 
 #: CPU tests (device pinned: on a CUDA machine fast=None would pick the GPU fast path)
 TINY = dict(data="digits", ngf=4, num_levels=4, batch_size=8, progress=False, log_every=1, lr=3e-3, device="cpu")

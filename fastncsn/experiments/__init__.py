@@ -18,25 +18,20 @@ defaults), and a CI preset, :data:`QUICK_RECIPE` (``--quick``: a few steps of a
 tiny model; its numbers mean nothing and the outputs say so).
 """
 
-#: Training and sampling recipe of the digits experiments on a CPU (change it here; the training part
-#: matches fastncsn.training.CPU_DIGITS_RECIPE, tuned 2026-11-22 on the 2-core machine).
-#: Training: CondRefineNetDilated(ngf) with DSM, Adam(lr), ``steps`` steps of ``batch_size``
-#: images, optional EMA of the weights (``ema_rate``; None = raw weights).  Sampling:
-#: annealed Langevin with ``eps`` in ``step_convention``, ``steps_per_level`` steps per
-#: level, final denoising step, ``sample_n`` samples drawn ``sample_batch`` at a time.
+from ..training.recipes import CPU_DIGITS_RECIPE as _TRAINING, DATASET_SAMPLING as _SAMPLING
+
+#: Training and sampling recipe of the digits experiments on a CPU.  Training: the trainer's CPU
+#: digits recipe (:data:`fastncsn.training.recipes.CPU_DIGITS_RECIPE`, defined there once):
+#: CondRefineNetDilated(ngf) with DSM, Adam(lr), ``steps`` steps of ``batch_size`` images, optional
+#: EMA of the weights (``ema_rate``; None = raw weights).  Sampling: the digits sampler defaults
+#: (:data:`fastncsn.training.recipes.DATASET_SAMPLING`): annealed Langevin with ``eps`` in
+#: ``step_convention``, ``steps_per_level`` steps per level, final denoising step; plus ``sample_n``
+#: samples drawn ``sample_batch`` at a time, and the seed.
 CPU_DIGITS_RECIPE = dict(
-    # training: the trainer's CPU digits recipe (fastncsn.training.CPU_DIGITS_RECIPE)
-    ngf=8,
-    batch_size=64,
-    lr=2e-3,
-    steps=1500,
-    ema_rate=0.99,
+    **_TRAINING,
+    **{k: _SAMPLING["digits"][k] for k in ("steps_per_level", "eps", "step_convention", "denoise")},
     sample_n=500,
     sample_batch=250,
-    steps_per_level=20,
-    eps=3e-5,  # fastncsn.training.DATASET_SAMPLING['digits']
-    step_convention="reference",
-    denoise=True,
     seed=0,
 )
 

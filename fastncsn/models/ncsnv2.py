@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..nn import InstanceNorm2dPlus
-from . import register
+from .registry import register
 from .refinenet import RefineNetTrunk, _check_sigmas, default_sigmas
 
 #: the reference NCSNv2 CIFAR-10 configuration (model and sampling)

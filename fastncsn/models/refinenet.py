@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..nn import ConditionalInstanceNorm2dPlus, RefineBlock, ResidualBlock, set_backend
-from . import register
+from .registry import register
 
 
 def default_sigmas(num_levels: int, sigma_1: float = 1.0, sigma_L: float = 0.01) -> torch.Tensor:

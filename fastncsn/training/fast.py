@@ -1,19 +1,15 @@
-"""The fast training step: fused CIN++, bf16 autocast, channels-last, regional ``torch.compile``.
+"""The fast training options: fused CIN++, bf16 autocast, channels-last, regional ``torch.compile``, fused Adam.
 
-:func:`fastncsn.training.train` uses this module when ``fast=True`` (the default on
-CUDA).  One step is the same denoising-score-matching step as the reference path
-(seed 003 eq. 5-6, ``lambda(sigma) = sigma^2``)::
+:func:`fastncsn.training.train` takes them as ``fast``, ``precision`` and ``compile``
+(:func:`resolve_fast_options` fills in the defaults: fast on CUDA).  This module
+prepares the model and the optimizer; the step itself is the one DSM step of
+:func:`fastncsn.training.step.dsm_step`, which applies ``precision`` and
+channels-last inputs.  What the fast path changes:
 
-    x~ = x + sigma_i z,     l = 1/2 || sigma_i s(x~, i) + z ||^2      (per sample, then the batch mean)
-
-computed as follows:
-
-* **Network in bf16, loss in fp32.**  Only the network forward runs under
-  ``torch.autocast(bfloat16)``; the score is cast to fp32 and the loss terms
-  ``sigma * s + z`` are formed outside autocast in fp32
-  (:func:`fastncsn.losses.dsm_loss`).  In the sigma^2-weighted form every term
-  is O(1) whatever the level, so nothing under- or overflows; the literal form
-  ``||s + z / sigma||^2 sigma^2`` would carry terms of size 1/sigma^2.
+* **Network in bf16, loss in fp32** (``precision="bf16"``, applied by ``dsm_step``).
+  In the sigma^2-weighted form every loss term is O(1) whatever the level, so nothing
+  under- or overflows; the literal form ``||s + z / sigma||^2 sigma^2`` would carry terms
+  of size 1/sigma^2.
 * **Fused CIN++.**  The norms use ``fastncsn.ops`` backend ``"auto"`` (Triton or
   the CUDA extension on GPUs, forward and backward fused with the ELU; the
   PyTorch reference on the CPU).
@@ -26,29 +22,24 @@ computed as follows:
   blocks of one class and one shape share a compiled graph; the NCSN v1 network
   has 7 distinct residual-block and 4 refine-block graphs.  The stem, the final
   norm and the last convolution stay eager.
-* **Fused Adam** on CUDA (one kernel for all parameters) and a ``_foreach``
-  EMA update.
+* **Fused Adam** on CUDA (one kernel for all parameters), :func:`make_optimizer`.
 
-Nothing here syncs with the host.
+Nothing here syncs with the host during a step.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Union
 
 import torch
 
-from .losses import ScoreLoss, dsm_loss
-
-__all__ = ["PRECISIONS", "resolve_fast_options", "prepare_fast_model",
-           "release_fast_model", "dsm_step", "make_optimizer", "ema_update_"]
+__all__ = ["PRECISIONS", "resolve_fast_options", "prepare_fast_model", "release_fast_model", "make_optimizer"]
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def _block_types() -> tuple:
     """The module classes that ``prepare_fast_model`` compiles one by one."""
-    from .nn import RefineBlock, ResidualBlock
+    from ..nn import RefineBlock, ResidualBlock
     return (ResidualBlock, RefineBlock)
 
 
@@ -99,7 +90,7 @@ def resolve_fast_options(fast: Optional[bool], precision: Optional[str], compile
 
 def prepare_fast_model(model: torch.nn.Module, device, precision: str = "bf16",
                        compile: Union[bool, str] = True, backend: Optional[str] = "auto") -> torch.nn.Module:
-    """Make ``model`` ready for :func:`dsm_step` in place; returns it.
+    """Make ``model`` ready for the fast :func:`~fastncsn.training.step.dsm_step` in place; returns it.
 
     * on CUDA: weights in channels-last, ``cudnn.benchmark`` on (fixed shapes);
     * the norms' fused-op ``backend`` set (``"auto"``: the fastest for the device;
@@ -108,7 +99,7 @@ def prepare_fast_model(model: torch.nn.Module, device, precision: str = "bf16",
       ``forward`` of every ResidualBlock and RefineBlock separately (``dynamic=False``);
       False compiles nothing.  Undo with :func:`release_fast_model`.
 
-    ``precision`` ("fp32" | "bf16") is only checked here; :func:`dsm_step` applies it.
+    ``precision`` ("fp32" | "bf16") is only checked here; ``dsm_step`` applies it.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
@@ -151,64 +142,10 @@ def release_fast_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def dsm_step(net, x: torch.Tensor, sigmas: torch.Tensor, level_index: torch.Tensor, noise: torch.Tensor,
-             precision: str = "bf16", channels_last: Optional[bool] = None,
-             anneal_power: float = 2.0) -> ScoreLoss:
-    """Forward, DSM loss and backward of one fast training step (gradients accumulate in ``.grad``).
-
-    Shapes: ``x`` ``[N, C, H, W]`` clean data (fp32), ``sigmas`` ``[L]``,
-    ``level_index`` ``[N]`` int64, ``noise`` ``z`` like ``x``.  Loss per sample
-    (seed 003 eq. 5-6 with ``lambda = sigma^2``): ``1/2 ||sigma s(x + sigma z, i) + z||^2``.
-
-    The network runs under bf16 autocast for ``precision="bf16"``; its output is
-    cast to fp32 and the loss is formed in fp32 outside autocast.  ``channels_last``
-    (default: on CUDA) feeds the network a channels-last input.  The caller zeroes
-    the gradients and steps the optimizer.  No host sync.
-
-    Returns:
-        :class:`fastncsn.losses.ScoreLoss` (mean loss, per-level means, levels).
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    if channels_last is None:
-        channels_last = x.device.type == "cuda"
-    cast = _autocast(x.device, precision)
-
-    def score_fn(xt: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-        if channels_last and xt.dim() == 4:
-            xt = xt.contiguous(memory_format=torch.channels_last)
-        with cast:
-            s = net(xt, levels)
-        return s.float()
-
-    out = dsm_loss(score_fn, x, sigmas, level_index=level_index, noise=noise, anneal_power=anneal_power)
-    out.loss.backward()
-    return out
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, fast: bool) -> torch.optim.Adam:
-    """Adam as NCSN (betas 0.9/0.999, eps 1e-8); fused into one kernel for CUDA weights on the fast path."""
+def make_optimizer(model: torch.nn.Module, lr: float, fast: bool, adam_eps: float = 1e-8) -> torch.optim.Adam:
+    """Adam as NCSN (betas 0.9/0.999, epsilon ``adam_eps`` 1e-8); fused into one kernel for CUDA
+    weights on the fast path."""
     params = list(model.parameters())
     fused = bool(fast) and len(params) > 0 and all(p.is_cuda for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused else {}))
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=adam_eps, **({"fused": True} if fused else {}))
 
-
-@torch.no_grad()
-def ema_update_(shadow: dict, model: torch.nn.Module, rate: float) -> None:
-    """``shadow <- rate * shadow + (1 - rate) * weights`` for the floating-point entries of
-    ``model.state_dict()`` (others copied), with one ``_foreach`` launch per operation."""
-    sd = model.state_dict()
-    fl = [k for k, v in sd.items() if v.is_floating_point()]
-    if fl:
-        s = [shadow[k] for k in fl]
-        torch._foreach_mul_(s, rate)
-        torch._foreach_add_(s, [sd[k].detach() for k in fl], alpha=1.0 - rate)
-    for k, v in sd.items():
-        if not v.is_floating_point():
-            shadow[k].copy_(v)
