@@ -252,3 +252,15 @@ def test_gpu_fast_bf16_loss_curve_follows_reference_200_steps(tmp_path):
     mean, worst = _rel_curve(fast, ref)
     assert mean <= BF16_CURVE_MEAN and worst <= BF16_CURVE_MAX, (mean, worst)
     assert _rel_curve(other, ref)[0] > BF16_CURVE_MEAN
+
+
+def test_fast_model_backend_is_an_option_not_model_state():
+    """prepare_fast_model sets the norms' backend for training; release gives the old one back, and the
+    model config (what save writes) never holds a backend."""
+    model = CondRefineNetDilated(image_size=28, channels=1, ngf=4, num_levels=2)
+    norms = [m for m in model.modules() if isinstance(getattr(m, "backend", None), str)]
+    model.set_backend("torch")
+    prepare_fast_model(model, "cpu", "fp32", compile=False, backend="auto")
+    assert {m.backend for m in norms} == {"auto"} and "backend" not in model.config
+    release_fast_model(model)
+    assert {m.backend for m in norms} == {"torch"}

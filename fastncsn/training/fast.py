@@ -110,6 +110,8 @@ def prepare_fast_model(model: torch.nn.Module, device, precision: str = "bf16",
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    norms = [m for m in model.modules() if isinstance(getattr(m, "backend", None), str)]
+    saved_backends = [m.backend for m in norms]
     if backend is not None and hasattr(model, "set_backend"):
         model.set_backend(backend)
     if compile is not False:
@@ -125,12 +127,15 @@ def prepare_fast_model(model: torch.nn.Module, device, precision: str = "bf16",
         for m in blocks:
             if "forward" not in m.__dict__:  # not compiled yet
                 m.forward = torch.compile(m.forward, backend=name, dynamic=False)
-    model._fast_training = dict(precision=precision, compile=compile, channels_last=device.type == "cuda")
+    model._fast_training = dict(precision=precision, compile=compile, channels_last=device.type == "cuda",
+                                restore_backends=list(zip(norms, saved_backends)))
     return model
 
 
 def release_fast_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo :func:`prepare_fast_model`'s regional compile (the blocks run eagerly again); returns ``model``.
+    """Undo :func:`prepare_fast_model`'s regional compile (the blocks run eagerly again) and give the
+    norms back the backend they had (the backend is a training option, not state of the model);
+    returns ``model``.
 
     Weights keep their memory format and values.  ``train`` calls this before it
     returns, so sampling with other batch sizes does not trigger recompiles.
@@ -138,7 +143,9 @@ def release_fast_model(model: torch.nn.Module) -> torch.nn.Module:
     for m in model.modules():
         if isinstance(m, _block_types()) and "forward" in m.__dict__:
             del m.forward
-    model.__dict__.pop("_fast_training", None)
+    state = model.__dict__.pop("_fast_training", None) or {}
+    for norm, backend in state.get("restore_backends", ()):
+        norm.backend = backend
     return model
 
 
