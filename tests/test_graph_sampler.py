@@ -125,7 +125,8 @@ def test_toy_score_vanilla_and_hmc_match_reference(tol):
                            step_convention="paper", data_shape=(5,), use_graphs=False)
     at_level_2 = lambda x, y: _lin_score(x, torch.full_like(y, 2))  # noqa: E731
     _assert_close(vanilla.sample(4, seed=9, x0=x0),
-                  _reference(at_level_2, x0, 4, 9, sigmas=[0.3], eps=0.05, steps_per_level=6), tol)
+                  _reference(at_level_2, x0, 4, 9, sigmas=[0.3], eps=0.05, steps_per_level=6,
+                             step_convention="paper"), tol)
     # EXPERIMENTAL HMC: two leapfrog steps per iteration, momentum from the same stream
     kw = dict(eps=0.01, steps_per_level=3, step_convention="paper", leapfrog_steps=2)
     hmc = GraphSampler(_lin_score, 4, sigmas=sig, data_shape=(5,), use_graphs=False, method="hmc", **kw)
