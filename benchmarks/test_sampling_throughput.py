@@ -11,11 +11,17 @@ evaluation plus ``x <- x + alpha_i/2 s(x, i) + sqrt(alpha_i) z``.  Networks: NCS
 * ``graph-bf16`` / ``graph-fp32`` -- :func:`fastncsn.sampling.get_graph_sampler`
   (what ``fastncsn.sample`` runs on CUDA): static buffers, fused CIN++ and Langevin
   step (backend "auto"), one CUDA graph per level; timed as whole ``sample()`` calls
-  of L x ``GRAPH_T`` steps (all levels, one sync per call) divided by the step count.
+  of L x ``GRAPH_T`` steps (all levels, one sync per call) divided by the step count;
+* ``graph-bf16-strict`` / ``graph-bf16-once`` / ``graph-bf16-strict-once`` -- the graph
+  sampler's network-format switches (issue 15 item 2, :mod:`fastncsn.sampling.network_format`):
+  ``layout="channels_last_strict"`` (NHWC for one channel too, weights converted once),
+  ``weights="bf16_once"`` (bf16 weights made once, no autocast), and both; timed like
+  ``graph-bf16`` in the same run, so the old and new formats are compared side by side
+  (prediction: benchmarks/NOTES.md, "Layout and precision (issue 15 item 2)").
 
 Every record's ``extra_info``: ``config``, ``batch``, ``path``, ``precision``,
 ``ms_per_step``, ``images_per_s`` (of a full NCSN run, L*T = 10*100 steps),
-``reference_ms_per_step`` and ``reference_peak_mem_gb`` (the reference path at the
+``layout``, ``weights`` (the variant; graph paths), ``reference_ms_per_step`` and ``reference_peak_mem_gb`` (the reference path at the
 same config and batch, measured once per module run), ``speedup``, ``gflop_per_image``
 and ``tflops`` (FLOP count of one network forward, see :func:`_gflop_per_image`),
 ``peak_tflops`` and ``peak_fraction`` (of the device's dense bf16 peak, ``None`` for
@@ -52,7 +58,12 @@ ROUNDS = 3
 REF_WARMUP, REF_STEPS = 1, 3
 DEVICE = "cuda"
 #: path -> precision
-PATHS = {"reference": "fp32", "graph-bf16": "bf16", "graph-fp32": "fp32"}
+PATHS = {"reference": "fp32", "graph-bf16": "bf16", "graph-fp32": "fp32", "graph-bf16-strict": "bf16",
+         "graph-bf16-once": "bf16", "graph-bf16-strict-once": "bf16"}
+#: path -> GraphSampler network format (layout, weights); the others run the defaults
+NETWORK_FORMATS = {"graph-bf16-strict": ("channels_last_strict", "autocast"),
+                   "graph-bf16-once": ("channels_last", "bf16_once"),
+                   "graph-bf16-strict-once": ("channels_last_strict", "bf16_once")}
 #: dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from the vendor data sheets; matched in order
 #: against the lower-case device name (first match wins)
 BF16_PEAK_TFLOPS = [
@@ -165,6 +176,7 @@ def test_sampling_step(benchmark, reference_cache, config, batch, path):
     model = _model(config)
     gflop = _gflop_per_image(model, config)
     precision = PATHS[path]
+    layout, weights = NETWORK_FORMATS.get(path, ("channels_last", "autocast"))
     startup = first_call = build = None
     if path == "reference":
         step = _reference_step(model, _x0(config, batch))
@@ -185,12 +197,13 @@ def test_sampling_step(benchmark, reference_cache, config, batch, path):
         _reset_peak()
         t0 = time.perf_counter()
         sampler = get_graph_sampler(model, batch, eps=EPS, steps_per_level=GRAPH_T, step_convention=CONVENTION,
-                                    precision=precision)
+                                    precision=precision, layout=layout, weights=weights)
         sampler.sample(batch, seed=0, x0=x0)
         torch.cuda.synchronize()
         first_call = time.perf_counter() - t0
         build = sampler.build_seconds
         assert sampler.use_graphs and sampler.captures >= 1 and sampler.precision == precision
+        assert (sampler.layout, sampler.weights) == (layout, weights)
 
         def run():
             sampler.sample(batch, seed=0, x0=x0)
@@ -211,7 +224,9 @@ def test_sampling_step(benchmark, reference_cache, config, batch, path):
     name = torch.cuda.get_device_name()
     peak_tflops = bf16_peak_tflops(name)
     benchmark.extra_info.update(
-        config=config, batch=batch, path=path, precision=precision, ms_per_step=ms, images_per_s=images_per_s,
+        config=config, batch=batch, path=path, precision=precision,
+        layout=None if path == "reference" else layout, weights=None if path == "reference" else weights,
+        ms_per_step=ms, images_per_s=images_per_s,
         reference_ms_per_step=ref_ms, speedup=ref_ms / ms, gflop_per_image=gflop, tflops=tflops,
         peak_tflops=peak_tflops, peak_fraction=None if peak_tflops is None else tflops / peak_tflops,
         peak_mem_gb=peak, reference_peak_mem_gb=ref_peak, startup_s=startup, first_call_s=first_call,

@@ -164,9 +164,20 @@ class MSFBlock(nn.Module):
         out = None
         for i, conv in enumerate(self.convs):
             h = self.norms[i](xs[i], y) if hasattr(self, "norms") else xs[i]
-            h = F.interpolate(conv(h), size=tuple(shape), mode="bilinear", align_corners=True)
+            h = resize_bilinear(conv(h), shape)
             out = h if out is None else out + h
         return out
+
+
+def resize_bilinear(x: torch.Tensor, shape) -> torch.Tensor:
+    """``F.interpolate(x, size=shape, mode="bilinear", align_corners=True)``, skipped when ``x`` already
+    has that size: the interpolation is then the identity, bit for bit (PyTorch's kernels copy in that
+    case), so skipping it saves a read and a write of the tensor.  Under autocast the call is kept,
+    because autocast may run it in fp32 (CUDA does) and the dtype of the result would change."""
+    size = tuple(int(v) for v in shape)
+    if tuple(x.shape[2:]) == size and not torch.is_autocast_enabled(x.device.type):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 class RefineBlock(nn.Module):

@@ -28,6 +28,10 @@ but with everything a CUDA graph needs:
 * **Precision.** ``"bf16"`` runs the network under ``torch.autocast(bfloat16)``
   (channels-last input) with the state, step and score buffer in fp32;
   ``"fp32"`` matches the reference sampler within fp32 tolerance.
+* **Network format** (``layout=``, ``weights=``; :mod:`fastncsn.sampling.network_format`):
+  strict NHWC for every channel count with weights converted once, and bf16 weights
+  made once instead of per-step autocast casts -- switches, old path the default
+  until measured (benchmarks/NOTES.md).
 * **Snapshots** every ``k`` steps go to a preallocated device buffer
   ``[L*T // k, B, ...]`` with a device-side write index.
 
@@ -38,7 +42,6 @@ their captured graphs) in a small module-level cache.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict
 from typing import Callable, Optional, Sequence
@@ -50,8 +53,10 @@ from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
 from .core import (SamplerSettings, check_count, check_mask, chunks, eval_mode, init_samples, model_device,
                    use_backend)
+from .network_format import LAYOUTS, WEIGHT_MODES, SamplerNetwork
 
-__all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "PRECISIONS", "CAPTURE_MODES", "METHODS"]
+__all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "PRECISIONS", "CAPTURE_MODES", "METHODS",
+           "LAYOUTS", "WEIGHT_MODES"]
 
 PRECISIONS = ("fp32", "bf16")
 CAPTURE_MODES = ("level", "step")
@@ -87,7 +92,16 @@ class GraphSampler:
         precision: ``"bf16"`` (network under bf16 autocast, fp32 state) or
             ``"fp32"``; ``None``: bf16 on CUDA devices that support it, else fp32.
         channels_last: feed 4-D inputs to the network in channels-last format
-            (the state itself stays contiguous, so the noise does not depend on it).
+            (the state itself stays contiguous, so the noise does not depend on it);
+            ``False`` is ``layout="contiguous"``.
+        layout: memory format of the network (:mod:`fastncsn.sampling.network_format`):
+            ``"channels_last"`` (default with ``channels_last=True``; a no-op for one
+            channel), ``"channels_last_strict"`` (NHWC strides for every channel count,
+            weights converted once on a private copy of the model) or ``"contiguous"``.
+        weights: ``"autocast"`` (default: the model's weights under bf16 autocast) or
+            ``"bf16_once"`` (``precision="bf16"`` only: a private bf16 copy of the weights
+            made once, no autocast, bf16 end to end; refreshed from the model at every
+            :meth:`sample`).  The user's model is never changed.
         backend: fused-op backend ("auto" | "triton" | "cuda" | "torch") of the
             Langevin step and, while this sampler runs, of the model's norms
             (restored afterwards: the backend is never saved state of the model);
@@ -118,7 +132,7 @@ class GraphSampler:
                  clamp: Optional[tuple] = None, snapshot_every: Optional[int] = None, method: str = "annealed",
                  leapfrog_steps: int = 3, model_levels: Optional[Sequence[int]] = None, init: Optional[str] = None,
                  init_range: Optional[tuple] = None, data_shape: Optional[Sequence[int]] = None, device=None,
-                 warmup: int = 2):
+                 warmup: int = 2, layout: Optional[str] = None, weights: str = "autocast"):
         if not callable(model):
             raise TypeError(f"model: expected a score function model(x, level), got {type(model).__name__}")
         self.settings = SamplerSettings.resolve(
@@ -132,6 +146,7 @@ class GraphSampler:
         self._tables(sigmas, model_levels)
         self.data_shape = self._data_shape(data_shape)
         self._buffers()
+        self._network(layout, weights)
         self._programs: dict = {}
         self._graphs: dict = {}
         self._pool = None
@@ -224,21 +239,30 @@ class GraphSampler:
         self._static_snaps = bool(k) and unit % k == 0
         self._unit_steps, self._units_per_level = unit, self.steps_per_level // unit
 
+    # ------------------------------------------------------------------ network format (layout, weights)
+
+    def _network(self, layout: Optional[str], weights: str) -> None:
+        """The network as the steps call it (:class:`~fastncsn.sampling.network_format.SamplerNetwork`):
+        input layout and weight precision fixed here, once; a private copy of the model if needed."""
+        if layout is None:
+            layout = "channels_last" if self.channels_last else "contiguous"
+        elif not self.channels_last and layout != "contiguous":
+            raise ValueError(f"channels_last: False contradicts layout={layout!r}; pass one of them")
+        self.layout, self.weights = layout, weights
+        self.net = SamplerNetwork(self.model, layout, weights, self.precision, self.x)
+
+    def refresh_weights(self) -> None:
+        """Copy the model's weights into the sampler's private copy (``layout="channels_last_strict"`` or
+        ``weights="bf16_once"``), in place, so the captured graphs see them; :meth:`sample` and
+        :meth:`prepare` call it every time.  No-op when the sampler runs the model itself."""
+        with use_backend(self.model, self.backend):
+            self.net.refresh()
+
     # ------------------------------------------------------------------ step functions (captured or eager)
 
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
-
     def _eval_score(self) -> None:
-        """score <- s(x, labels) in fp32 (the network in bf16 under autocast for precision='bf16')."""
-        xin = self.x
-        if self.channels_last and xin.dim() == 4:
-            xin = xin.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            s = self.model(xin, self.levels)
-        self.score.copy_(s)
+        """score <- s(x, labels) in fp32 (the network in the sampler's layout and precision)."""
+        self.score.copy_(self.net(self.x, self.levels))
 
     def _draw(self) -> torch.Tensor:
         """z ~ N(0, I) like x from the Philox stream at the current offset; advances the offset."""
@@ -372,6 +396,7 @@ class GraphSampler:
     def prepare(self, inpaint: bool = False) -> "GraphSampler":
         """Build (warm up and capture) the step program now rather than on the first :meth:`sample`."""
         with torch.no_grad(), eval_mode(self.model), use_backend(self.model, self.backend):
+            self.net.refresh()
             self._program(bool(inpaint))
         return self
 
@@ -432,6 +457,7 @@ class GraphSampler:
         out = torch.empty_like(x0)
         snaps = x0.new_empty((self.num_snapshots, n, *self.data_shape)) if self.snapshot_every else None
         with eval_mode(self.model), use_backend(self.model, self.backend):
+            self.net.refresh()
             prog = self._program(inpaint)
             self.seed.fill_(seed)
             self.offset.zero_()
@@ -481,6 +507,8 @@ def get_graph_sampler(model: Callable, batch_size: int, **settings) -> GraphSamp
 
     The graphs read the model's weights where they are: in-place updates (``load_state_dict``,
     an optimizer step) are seen; moving the model re-allocates them and builds a new sampler.
+    (With a private copy -- ``layout="channels_last_strict"`` or ``weights="bf16_once"`` -- the graphs
+    read the copy, which every ``sample()`` refreshes from the model: in-place updates are seen too.)
     Call :func:`clear_graph_cache` to free the graphs' memory.
     """
     key = _cache_key(model, batch_size, settings)
