@@ -369,12 +369,16 @@ def fake_like(t: torch.Tensor, device="cuda") -> torch.Tensor:
     return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device=device)
 
 
-def _to_fake_cuda(module: torch.nn.Module) -> None:
-    """Replace every parameter and buffer of ``module`` by a fake CUDA tensor (same shape/strides/dtype)."""
+def _to_fake_cuda(module: torch.nn.Module, channels_last_weights: bool = False) -> None:
+    """Replace every parameter and buffer of ``module`` by a fake CUDA tensor (same shape/strides/dtype;
+    4-D parameters channels-last with ``channels_last_weights``)."""
     for mod in module.modules():
         for k, p in list(mod._parameters.items()):
             if p is not None:
-                mod._parameters[k] = torch.nn.Parameter(fake_like(p), requires_grad=p.requires_grad)
+                f = fake_like(p)
+                if channels_last_weights and p.dim() == 4:
+                    f = torch.empty(p.shape, dtype=p.dtype, device="cuda").contiguous(memory_format=torch.channels_last)
+                mod._parameters[k] = torch.nn.Parameter(f, requires_grad=p.requires_grad)
         for k, b in list(mod._buffers.items()):
             if b is not None:
                 mod._buffers[k] = fake_like(b)
@@ -386,6 +390,8 @@ def _basic_getitem(real_getitem):
     def getitem(self, key):
         if not isinstance(self, FakeTensor) or self.device.type != "cuda":
             return real_getitem(self, key)
+        if isinstance(key, torch.Tensor):      # x[idx]: gather along dim 0
+            return torch.ops.aten.index.Tensor(self, [key])
         key = key if isinstance(key, tuple) else (key,)
         if not all(k is None or k is Ellipsis or isinstance(k, (int, slice)) for k in key) \
                 or sum(k is Ellipsis for k in key) > 1:
@@ -427,7 +433,7 @@ def _dispatched_methods() -> dict:
     real = {name: getattr(torch.Tensor, name) for name in ("to", "contiguous", "float", "long")}
 
     def to(self, *args, **kwargs):
-        if not _is_fake_cuda(self):
+        if not isinstance(self, FakeTensor):
             return real["to"](self, *args, **kwargs)
         device, dtype, _, mf = torch._C._nn._parse_to(*args, **kwargs)
         device = self.device if device is None else torch.device(device)
@@ -461,7 +467,7 @@ def fake_cuda():
     takes a CUDA device guard), and so do ``Tensor.copy_``, ``to``, ``contiguous``, ``float``, ``long``; and noise ladders are validated on their real values before they become fake (a fake tensor
     has no values to check).  Nothing runs on a GPU.
     """
-    from fastncsn import schedules
+    from fastncsn import losses, schedules
     from fastncsn.sampling import core as sampling_core
     from fastncsn.sampling import graphs as sampling_graphs
 
@@ -491,7 +497,7 @@ def fake_cuda():
         stack.enter_context(mock.patch.object(torch.Tensor, "copy_", _dispatched_copy_(torch.Tensor.copy_)))
         for name, fn in _dispatched_methods().items():
             stack.enter_context(mock.patch.object(torch.Tensor, name, fn))
-        for mod in (sampling_graphs, sampling_core):
+        for mod in (sampling_graphs, sampling_core, losses):
             if hasattr(mod, "validate_sigmas"):
                 stack.enter_context(mock.patch.object(mod, "validate_sigmas", validate_sigmas))
         stack.enter_context(mode)
@@ -568,8 +574,11 @@ def trace_training_step(config: str, batch: int = 128, precision: str = "bf16", 
     benchmark = torch.backends.cudnn.benchmark
     try:
         with fake_cuda() as mode:
-            _to_fake_cuda(model)
-            prepare_fast_model(model, "cuda", precision=precision, compile=False, backend="auto")
+            # the weights as prepare_fast_model leaves them on CUDA (channels-last); its model.to() calls
+            # cannot swap fake parameters, so Module.to is a no-op here
+            _to_fake_cuda(model, channels_last_weights=True)
+            with mock.patch.object(torch.nn.Module, "to", lambda self, *a, **k: self):
+                prepare_fast_model(model, "cuda", precision=precision, compile=False, backend="auto")
             opt = make_optimizer(model, lr, fast=True)
             x = torch.empty(shape, device="cuda")
             noise = torch.empty(shape, device="cuda")
