@@ -393,6 +393,19 @@ class GraphSampler:
         if "final" in prog:
             prog["final"]()
 
+    def step_once(self) -> None:
+        """Run one step eagerly, exactly as a captured unit replays it (the Langevin step or HMC
+        iteration, then the snapshot hook), at the current level, without inpainting.
+
+        For tracing and tests (``benchmarks.traffic`` runs it on fake CUDA tensors); it advances the
+        state and the Philox offset like a replayed step."""
+        with torch.no_grad(), eval_mode(self.model), use_backend(self.model, self.backend):
+            if self.method == "hmc":
+                self._hmc_iteration()
+            else:
+                self._langevin_step(False)
+            self._snapshot(0)
+
     def prepare(self, inpaint: bool = False) -> "GraphSampler":
         """Build (warm up and capture) the step program now rather than on the first :meth:`sample`."""
         with torch.no_grad(), eval_mode(self.model), use_backend(self.model, self.backend):
