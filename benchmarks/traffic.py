@@ -98,9 +98,11 @@ _MATMUL = {"mm", "addmm", "bmm", "baddbmm"}
 
 
 def channels_last(t: torch.Tensor) -> bool:
-    """Channels-last layout as cuDNN reads it: 4-D, channels-last dense and not also plain contiguous
-    (a 1-channel image is both and is taken as NCHW)."""
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    """Channels-last layout as cuDNN reads it (``cudnn_conv_suggest_memory_format`` uses the tensor's
+    ``suggest_memory_format``): 4-D with strides in NHWC order.  A 1-channel image with NCHW strides
+    (784, 784, 28, 1) is NCHW; with NHWC strides (784, 1, 28, 1) it is channels-last."""
+    from torch._prims_common import suggest_memory_format
+    return t.dim() == 4 and suggest_memory_format(t) == torch.channels_last
 
 
 def _tensors(obj):
@@ -253,6 +255,11 @@ class TrafficRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func is torch.ops.aten.convolution.default and out.dim() == 4 and args[0].device.type == self.device_type \
+                and (channels_last(args[0]) or channels_last(args[1])):
+            # cuDNN returns channels-last output for a channels-last input or weight
+            # (cudnn_conv_suggest_memory_format); the meta kernel of a CPU-only build does not know that
+            out = out.contiguous(memory_format=torch.channels_last)
         self._record(func, args, kwargs, out)
         return out
 
@@ -553,7 +560,8 @@ def trace_sampling_step(config: str, batch: int, precision: str = "bf16", **samp
         opts = dict(sigmas=sigmas, precision=precision, use_graphs=False, device="cuda")
         opts.update(sampler_options)
         sampler = GraphSampler(model, batch, **opts)
-        with _phases(model, rec), rec:
+        # the module that runs: the model itself, or the sampler's private copy (layout/weights options)
+        with _phases(sampler.net.module, rec), rec:
             sampler.step_once()
     return Report(config, batch, precision, "sampling step", dict(sampler_options, step_backend=sampler.step_backend),
                   rec.ops)
