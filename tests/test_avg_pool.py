@@ -109,6 +109,21 @@ def test_opcheck(backend, impl):
     opcheck_all(backend, impl, samples)
 
 
+def test_torch_compile_fullgraph():
+    """The op traces on fake tensors under ``torch.compile(fullgraph=True)``; forward and gradient
+    match eager."""
+    mod = fast_backend("triton")
+    x, dy = _inputs((1, 2, 3, 4), torch.float32, True)
+    results = []
+    for fn in (mod.avg_pool5x5, torch.compile(mod.avg_pool5x5, fullgraph=True, backend="aot_eager")):
+        xk = x.clone().requires_grad_()
+        out = fn(xk)
+        out.backward(dy)
+        results.append((out.detach(), xk.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
 # --------------------------------------------------------------------------- arguments and dispatch
 
 
