@@ -78,9 +78,26 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def cuda_graph(fn, calls: int):
+    """Capture ``calls`` back-to-back calls of ``fn`` in one CUDA graph (after a warm-up on a side
+    stream); returns the graph's ``replay``.  Times of a replay carry no launch overhead."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph.replay
+
+
 def record(benchmark, fn, *, op: str, backend: str, shape, dtype, bytes_moved: int | None, copy_gbps: float,
-           reference_ms: float | None, rounds: int = 15, **extra) -> float:
-    """Benchmark ``fn`` (one op call) and fill ``benchmark.extra_info``; returns ms per op."""
+           reference_ms: float | None, rounds: int = 15, calls: int = 1, **extra) -> float:
+    """Benchmark ``fn`` (``calls`` op calls, e.g. a ``cuda_graph`` replay) and fill
+    ``benchmark.extra_info``; returns ms per op."""
     est = cuda_ms(fn, reps=5, warmup=2)
     inner = max(1, int(TARGET_CALL_MS / max(est, 1e-3)))
 
@@ -90,13 +107,13 @@ def record(benchmark, fn, *, op: str, backend: str, shape, dtype, bytes_moved: i
         torch.cuda.synchronize()
 
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=2, iterations=1)
-    per_op_ms = benchmark.stats.stats.median * 1e3 / inner
+    per_op_ms = benchmark.stats.stats.median * 1e3 / inner / calls
     gbps = None if bytes_moved is None else bytes_moved / (per_op_ms * 1e-3) / 1e9
     benchmark.extra_info.update(
         op=op, backend=backend, shape=list(shape), dtype=dtype_name(dtype), gb_per_s=gbps,
         bandwidth_fraction=None if gbps is None else gbps / copy_gbps, copy_gb_per_s=copy_gbps,
         reference_ms=reference_ms if reference_ms is not None else per_op_ms,
-        per_op_ms=per_op_ms, inner=inner, device=torch.cuda.get_device_name(), **extra)
+        per_op_ms=per_op_ms, inner=inner, calls=calls, device=torch.cuda.get_device_name(), **extra)
     return per_op_ms
 
 

@@ -44,8 +44,8 @@ for stage in $STAGES; do
         benchmarks/test_training_throughput.py -k "$cfg" --benchmark-json="$OUT/$GPU-$DAY-training-$cfg.json" \
         --benchmark-columns=median 2>&1 | tee "$OUT/training-$cfg.log" | grep -E "passed|failed|skipped|^test_|rror" | tail -8 ;;
     cuda-ops)
-      timeout "$(limit 120)" python -m pytest -q -p no:cacheprovider -rfE benchmarks/test_cond_instance_norm.py \
-        benchmarks/test_langevin_step.py \
+      timeout "$(limit 180)" python -m pytest -q -p no:cacheprovider -rfE benchmarks/test_cond_instance_norm.py \
+        benchmarks/test_langevin_step.py benchmarks/test_avg_pool.py \
         -k "(cuda or triton or reference) and not compile and not triton-fused and not triton-split and not network" \
         --benchmark-json="$OUT/$GPU-$DAY-cuda-ops.json" --benchmark-columns=median 2>&1 \
         | tee "$OUT/cuda-ops.log" | grep -E "passed|failed|skipped|rror" | tail -4 ;;

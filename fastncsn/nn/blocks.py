@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import avg_pool5x5
+
 NormFactory = Optional[Callable[[int], nn.Module]]
 
 
@@ -29,6 +31,24 @@ def set_backend(module: nn.Module, backend: str) -> None:
     for m in module.modules():
         if hasattr(m, "backend") and not isinstance(getattr(m, "backend"), nn.Module):
             m.backend = backend
+
+
+def set_fused_pool(module: nn.Module, enabled: bool = True, backend: str = "auto") -> nn.Module:
+    """Switch the 5x5 average pool of every ``CRPBlock`` in ``module`` between ``F.avg_pool2d``
+    (``enabled=False``, the default of a new block) and the op ``fastncsn.ops.avg_pool5x5`` with
+    ``backend`` ("auto" | "triton" | "torch"; one read and one write on the Triton backend).
+
+    Max-pooling blocks (NCSNv2) are unaffected.  A run-time option, not state: parameters, buffers,
+    ``state_dict`` keys and the model config do not change.  Returns ``module``."""
+    from ..ops import BACKENDS
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    if backend not in BACKENDS or backend == "cuda":
+        raise ValueError(f"backend: expected one of 'auto', 'triton', 'torch' (no 'cuda' pool), got {backend!r}")
+    for m in module.modules():
+        if isinstance(m, CRPBlock):
+            m.fused_pool, m.pool_backend = enabled, backend
+    return module
 
 
 def _conv3x3(cin: int, cout: int, bias: bool, dilation: int = 1) -> nn.Conv2d:
@@ -124,7 +144,15 @@ class RCUBlock(nn.Module):
 
 
 class CRPBlock(nn.Module):
-    """Chained residual pooling: ELU, then ``n_stages`` x ([norm] -> 5x5 pool -> conv) summed."""
+    """Chained residual pooling: ELU, then ``n_stages`` x ([norm] -> 5x5 pool -> conv) summed.
+
+    ``fused_pool`` (default False; set with ``set_fused_pool``) runs the average pool as the op
+    ``fastncsn.ops.avg_pool5x5`` (backend ``pool_backend``) instead of ``F.avg_pool2d``; same result.
+    """
+
+    #: run the avg pool as ``fastncsn.ops.avg_pool5x5`` (plain attributes: not in the state dict)
+    fused_pool: bool = False
+    pool_backend: str = "auto"
 
     def __init__(self, features: int, n_stages: int, norm: NormFactory = None, pool: str = "avg"):
         super().__init__()
@@ -141,7 +169,9 @@ class CRPBlock(nn.Module):
         for i, conv in enumerate(self.convs):
             if hasattr(self, "norms"):
                 path = self.norms[i](path, y)
-            if self.pool == "avg":
+            if self.pool == "avg" and self.fused_pool:
+                path = avg_pool5x5(path, backend=self.pool_backend)
+            elif self.pool == "avg":
                 path = F.avg_pool2d(path, 5, stride=1, padding=2)  # count_include_pad=True, as nn.AvgPool2d
             else:
                 path = F.max_pool2d(path, 5, stride=1, padding=2)

@@ -43,7 +43,8 @@ __all__ = [
 #: every value of a ``backend`` argument (and of the CLI's ``--backend``)
 BACKENDS = ("auto", "triton", "cuda", "torch")
 
-#: order in which ``auto`` tries backends for CUDA tensors, per op.  Keep in
+#: order in which ``auto`` tries backends for CUDA tensors, per op; also the backends that
+#: implement the op (an explicit request for another one raises).  Keep in
 #: sync with the measured figures in ``benchmarks/results``: on the H100
 #: (``h100-2026-11-22-cuda-ops.json``) the CUDA C++ op took, as a geometric mean
 #: over the 24 (CIN++) or 8 (Langevin) benchmarked shapes, 0.81x (CIN++ forward),
@@ -53,6 +54,8 @@ BACKENDS = ("auto", "triton", "cuda", "torch")
 AUTO_PREFERENCE = {
     "cond_instance_norm_plus": ("cuda", "triton", "torch"),
     "langevin_step_": ("cuda", "triton", "torch"),
+    # no CUDA C++ version; Triton not yet measured against F.avg_pool2d (benchmarks/NOTES.md)
+    "avg_pool5x5": ("triton", "torch"),
 }
 
 _BACKEND_MODULES = {"triton": "fastncsn.ops.triton", "cuda": "fastncsn.ops.cuda"}
@@ -99,6 +102,9 @@ def resolve_backend(backend: str, device: torch.device | str, op: str = "cond_in
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     device = torch.device(device)
     if backend != "auto":
+        if backend != "torch" and op in AUTO_PREFERENCE and backend not in AUTO_PREFERENCE[op]:
+            raise BackendUnavailableError(f"backend={backend!r}: {op} has no {backend!r} implementation "
+                                          f"(it has {AUTO_PREFERENCE[op]})")
         ok, reason = _backend_ok(backend, device)
         if not ok:
             raise BackendUnavailableError(f"backend={backend!r} is unavailable for {device} tensors: {reason}")

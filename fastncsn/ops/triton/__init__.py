@@ -3,11 +3,12 @@
 Models and samplers call ``fastncsn.ops``, not this package.  Files:
 
 * ``cond_instance_norm.py`` -- CIN++ forward/backward kernels and their launches;
-* ``langevin.py`` -- the Langevin step with in-kernel Philox noise.
+* ``langevin.py`` -- the Langevin step with in-kernel Philox noise;
+* ``avg_pool.py`` -- the 5x5 stride-1 average pool of the chained residual pooling.
 
 The custom ops that run these launches (``torch.ops.fastncsn.cin_plus_fwd``,
-``cin_plus_bwd``, ``langevin_step_``) are registered by the op files
-``fastncsn/ops/cond_instance_norm.py`` and ``fastncsn/ops/langevin.py``; the argument
+``cin_plus_bwd``, ``langevin_step_``, ``avg_pool5x5``) are registered by the op files
+``fastncsn/ops/cond_instance_norm.py``, ``langevin.py`` and ``avg_pool.py``; the argument
 checks are theirs too.
 
 The kernels run on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1``
@@ -19,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from ..avg_pool import check_pool_args
 from ..common import acc_dtype, is_dense, require, scalar_tensor
 from ..cond_instance_norm import CIN_EPS, run_backend_forward
 from ..langevin import check_step_args
@@ -34,7 +36,10 @@ except Exception as exc:  # triton missing or failing to initialise
 #: the dtypes of ``x`` the CIN++ kernels take (fp64 computes in fp64: for gradcheck)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
-__all__ = ["available", "cond_instance_norm_plus", "langevin_step_", "langevin_noise"]
+#: the dtypes of ``x`` the pool kernel takes (fp64 computes in fp64: for gradcheck)
+POOL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+__all__ = ["available", "cond_instance_norm_plus", "langevin_step_", "langevin_noise", "avg_pool5x5"]
 
 
 def available(device: torch.device | str) -> tuple[bool, str]:
@@ -112,3 +117,18 @@ def langevin_noise(seed, offset, like: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(like if is_dense(like) else like.contiguous(), dtype=torch.float32)
     return launch_langevin_noise(scalar_tensor(seed, "seed", like.device),
                                  scalar_tensor(offset, "offset", like.device), out)
+
+
+def avg_pool5x5(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 5, stride=1, padding=2)`` (``count_include_pad=True``) by one Triton kernel
+    that reads ``x`` once and writes the output once (``fastncsn.ops.triton.avg_pool``).
+
+    Shapes: ``x`` ``[N, C, H, W]`` fp32/bf16/fp16 (fp64 computes in fp64), NCHW or channels-last
+    (the output keeps the layout).  Sums in fp32.  Formula: ``fastncsn.ops.avg_pool5x5_ref``.
+    Differentiable (the backward is the same pool of ``grad_out``).
+    """
+    check_pool_args(x)
+    require(available, "fastncsn.ops.triton", x.device)
+    if x.dtype not in POOL_DTYPES:
+        raise ValueError(f"x: expected a tensor of dtype {', '.join(str(d) for d in POOL_DTYPES)}, got {x.dtype}")
+    return torch.ops.fastncsn.avg_pool5x5(x)
