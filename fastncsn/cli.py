@@ -215,8 +215,19 @@ def _cmd_schedule(a) -> None:
         print(f"(no overlap suggestion: {exc})")
 
 
+def _check_extractor(a) -> None:
+    """``--extractor inception`` needs a readable weights file: one line saying how to get it, before any work."""
+    if a.extractor != "inception":
+        return
+    from .metrics.fid_run import make_extractor
+    try:
+        make_extractor("inception", a.inception_weights)
+    except (TypeError, ValueError, FileNotFoundError, ImportError) as exc:
+        raise CLIError(f"--inception-weights: {exc}") from None
+
+
 def _cmd_fid(a) -> None:
-    from .metrics.fid_run import fid_of_checkpoint, make_extractor
+    from .metrics.fid_run import fid_of_checkpoint
     for name, v in (("--n", a.n), ("--shard-size", a.shard_size), ("--batch-size", a.batch_size),
                     ("--steps-per-level", a.steps_per_level)):
         if v is not None and v < 1:
@@ -230,8 +241,7 @@ def _cmd_fid(a) -> None:
     if not os.path.isfile(a.ref):
         raise CLIError(f"--ref: no such statistics file {a.ref!r} (make one with: fastncsn fid-stats --data ... "
                        "--out STATS)")
-    if a.extractor == "inception":
-        make_extractor("inception", a.inception_weights)  # a missing file: one line saying how to get it
+    _check_extractor(a)
     result = fid_of_checkpoint(a.checkpoint, a.ref, n=a.n, out_dir=a.out, seed=a.seed, batch_size=a.batch_size,
                                shard_size=a.shard_size, extractor=a.extractor, inception_weights=a.inception_weights,
                                device=a.device, fast=a.fast, precision=a.precision,
@@ -250,6 +260,7 @@ def _cmd_fid_stats(a) -> None:
         raise CLIError(f"--npz: no such file {a.npz!r}")
     if a.npz is not None and not a.npz.endswith(".npz"):
         raise CLIError(f"--npz: expected a .npz file of images, got {a.npz!r}")
+    _check_extractor(a)
     stats = reference_stats(a.npz or a.data, extractor=a.extractor, out=a.out, root=a.root,
                             inception_weights=a.inception_weights, batch_size=a.batch_size, device=a.device)
     print(f"wrote {a.out}: {a.extractor} feature statistics of {stats.n} images (dim {stats.dim})")

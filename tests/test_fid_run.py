@@ -15,7 +15,8 @@ import fastncsn
 from fastncsn.cli import main
 from fastncsn.data import digits_split, embedded_digits
 from fastncsn.metrics import compute_feature_stats, fid, frechet_distance, shipped_digits_classifier
-from fastncsn.metrics.fid_run import (FIDRunError, fid_of_checkpoint, load_stats, reference_stats, shard_path)
+from fastncsn.metrics.fid_run import (FIDRunError, fid_of_checkpoint, load_stats, reference_stats, save_stats,
+                                       shard_path)
 from fastncsn.models.refinenet import CondRefineNetDilated
 from fastncsn.sampling import sample, shard_seed
 
@@ -66,7 +67,7 @@ def test_reference_stats_and_heldout_fid_near_floor(files):
     direct = fid(test_x, train_x, feats)
     assert via_file == pytest.approx(direct, rel=1e-9, abs=1e-9)
     noise = torch.rand(test_x.shape, generator=torch.Generator().manual_seed(0))
-    assert direct < 0.05 * fid(noise, train_x, feats)
+    assert direct < 0.05 * fid(noise, (stats.mean(), stats.cov()), feats)
 
 
 def test_fid_of_checkpoint_equals_direct_computation(files, full_run):
@@ -77,8 +78,8 @@ def test_fid_of_checkpoint_equals_direct_computation(files, full_run):
     # the same samples drawn by hand, shard by shard, scored by fastncsn.metrics directly
     model = fastncsn.load(files["ckpt"])
     x = torch.cat([sample(model, SHARD, seed=shard_seed(3, k), progress=False) for k in range(3)])
-    train_x = digits_split()[0]
-    expected = fid(x, train_x, shipped_digits_classifier("cpu").features)
+    ref, _ = load_stats(files["ref"])  # the file itself is checked against the images above
+    expected = fid(x, (ref.mean(), ref.cov()), shipped_digits_classifier("cpu").features)
     assert result["fid"] == pytest.approx(expected, rel=1e-6)
 
 
@@ -160,6 +161,7 @@ def _worker(rank, world, init_file, ckpt, ref, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned interpreters: ~8 s on an idle 2-core machine, 20 s on a busy one
 def test_two_gloo_processes_equal_one(files, full_run, tmp_path):
     result, full = full_run
     out = tmp_path / "ddp"
@@ -206,8 +208,10 @@ def test_cli_fid_runs_and_resumes(files, full_run, tmp_path, capsys):
     (["--shard-size", "-1"], "--shard-size: expected an int >= 1"),
     (["--checkpoint", "missing.pt"], "--checkpoint: no such file"),
     (["--ref", "missing_stats.pt"], "--ref: no such statistics file"),
-    (["--extractor", "inception", "--inception-weights", "nope.pth"], "inception_v3_google-0cc3c7bd.pth"),
-    (["--extractor", "inception"], "inception_v3_google-0cc3c7bd.pth"),
+    (["--extractor", "inception", "--inception-weights", "nope.pth"],
+     "--inception-weights: weights_path 'nope.pth' does not exist or is not a file. InceptionFeatures expects "
+     "the torchvision Inception-v3 ImageNet weights file 'inception_v3_google-0cc3c7bd.pth'"),
+    (["--extractor", "inception"], "--inception-weights: weights_path must be a path to a local file"),
 ])
 def test_cli_fid_errors_exit_2_before_sampling(files, tmp_path, capsys, extra, message):
     args = ["fid", "--checkpoint", files["ckpt"], "--ref", files["ref"], "--out", str(tmp_path / "x")] + extra
@@ -222,6 +226,14 @@ def test_cli_fid_wrong_extractor_stats_and_bad_ref(files, tmp_path, capsys):
     torch.save({"not": "stats"}, bad)
     assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "not a fastncsn statistics file" in capsys.readouterr().err
+    stats, ident = load_stats(files["ref"])
+    save_stats(stats, tmp_path / "other.pt", dict(ident, name="inception"))
+    assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(tmp_path / "other.pt"), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "holds 'inception' features; this run uses extractor 'digits'" in capsys.readouterr().err
     assert main(["fid-stats", "--npz", str(tmp_path / "none.npz"), "--out", str(tmp_path / "s.pt")]) == 2
     assert "--npz: no such file" in capsys.readouterr().err
+    assert main(["fid-stats", "--data", "digits", "--extractor", "inception", "--out", str(tmp_path / "s.pt")]) == 2
+    assert "--inception-weights: weights_path must be a path to a local file" in capsys.readouterr().err
+    assert not (tmp_path / "s.pt").exists()
     assert not (tmp_path / "x").exists()

@@ -41,6 +41,7 @@ import torch
 
 from ..checkpoint import atomic_save, atomic_write_text
 from ..sampling import SamplerSettings, resolve_model, sample, shard_seed
+from ..sampling.core import check_count
 from ..sampling.distributed import init_from_env
 from .extractors import DIGITS_CLASSIFIER_PATH, InceptionFeatures, shipped_digits_classifier
 from .fid import FeatureStats, compute_feature_stats, frechet_distance
@@ -202,12 +203,6 @@ def shard_path(out_dir: Union[str, Path], k: int) -> Path:
     return Path(out_dir) / f"shard_{k:05d}.pt"
 
 
-def _check_int(v, name: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-    return v
-
-
 def _json_roundtrip(obj):
     return json.loads(json.dumps(obj))
 
@@ -273,7 +268,8 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
                       inception_weights: Union[str, Path, None] = None,
                       device: Union[str, torch.device, None] = None, fast: Optional[bool] = None,
                       precision: Optional[str] = None, steps_per_level: Optional[int] = None,
-                      eps: Optional[float] = None, save_samples: bool = False, progress: bool = True,
+                      eps: Optional[float] = None, save_samples: bool = False, extract_batch_size: int = 250,
+                      progress: bool = True,
                       on_shard: Optional[Callable[[int], None]] = None, group=None) -> Optional[dict]:
     """FID of ``n`` samples of a checkpoint against reference statistics, sharded and resumable.
 
@@ -294,6 +290,7 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
             the fp32 reference sampler on the CPU).
         steps_per_level, eps: sampler overrides (default: the checkpoint's sampling defaults).
         save_samples: also store each shard's samples (uint8) in its file.
+        extract_batch_size: images per feature-extractor call.
         progress: tqdm bar over all shards, with ETA, on rank 0.
         on_shard: called with ``k`` after shard ``k`` was drawn and saved (not for skipped shards).
         group: ``torch.distributed`` process group (default: the world; joined from torchrun's
@@ -304,10 +301,11 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
         ``extractor``, ``seed``, ...); ``None`` on other ranks.
     """
     import torch.distributed as dist
-    _check_int(n, "n")
-    _check_int(shard_size, "shard_size")
+    check_count(n, "n")
+    check_count(shard_size, "shard_size")
+    check_count(extract_batch_size, "extract_batch_size")
     if batch_size is not None:
-        _check_int(batch_size, "batch_size")
+        check_count(batch_size, "batch_size")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
     checkpoint = Path(checkpoint)
@@ -340,6 +338,7 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
         atomic_write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n", str(out_dir / FINGERPRINT_FILE))
     if distributed:
         dist.barrier(group)
+        _check_folder(out_dir, fp)  # every rank against rank 0's fingerprint: ranks with other settings stop here
 
     total = num_shards(n, shard_size)
     sizes = [min(shard_size, n - k * shard_size) for k in range(total)]
@@ -351,7 +350,7 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
         x = sample(model, sizes[k], seed=shard_seed(seed, k), device=device, fast=fast, precision=precision,
                    batch_size=batch_size, steps_per_level=settings.steps_per_level, eps=settings.eps,
                    progress=False)
-        feats = image_features(x, fn, batch_size or sizes[k])
+        feats = image_features(x, fn, extract_batch_size)
         blob = {"format": SHARD_FORMAT, "index": k, "seed": shard_seed(seed, k), "fingerprint": fp,
                 "features": feats}
         if save_samples:
