@@ -247,6 +247,9 @@ def _cmd_fid(a) -> None:
                                device=a.device, fast=a.fast, precision=a.precision,
                                steps_per_level=a.steps_per_level, eps=a.eps, save_samples=a.save_samples,
                                progress=not a.quiet)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():  # joined from torchrun's environment by the run
+        dist.destroy_process_group()
     if result is not None:
         print(f"FID {result['fid']:.4f} ({result['extractor']['name']} features, n={result['n']}, "
               f"seed={result['seed']})")

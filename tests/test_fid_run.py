@@ -237,3 +237,10 @@ def test_cli_fid_wrong_extractor_stats_and_bad_ref(files, tmp_path, capsys):
     assert "--inception-weights: weights_path must be a path to a local file" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("cmd", ["fid", "fid-stats"])
+def test_cli_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and "usage: fastncsn " + cmd in capsys.readouterr().out
