@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "then the FID against reference statistics (fastncsn fid-stats).")
     f.add_argument("--checkpoint", required=True, help="checkpoint of the model to score")
     f.add_argument("--ref", required=True, help="reference statistics file (fastncsn fid-stats)")
-    f.add_argument("--n", type=int, default=50000, help="number of samples (default 50000, as the papers)")
+    f.add_argument("--n", "--num-samples", dest="n", type=int, default=50000,
+                   help="number of samples (default 50000, as the papers); under torchrun write --num-samples "
+                        "(torchrun's own parser rejects --n as an ambiguous abbreviation)")
     f.add_argument("--out", help="folder of the shards and fid.json (default: beside the checkpoint)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--batch-size", type=int, help="sampler batch (default: a whole shard)")

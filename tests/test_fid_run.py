@@ -244,3 +244,15 @@ def test_cli_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
     assert e.value.code == 0 and "usage: fastncsn " + cmd in capsys.readouterr().out
+
+
+def test_every_fid_flag_passes_through_torchrun():
+    """torchrun parses its own options before the module's: a flag it claims (or finds ambiguous) never reaches fid."""
+    from torch.distributed.run import get_args_parser
+    from fastncsn.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["fid"]
+    flags = [f for a in sub._actions for f in a.option_strings if f.startswith("--") and f not in ("--help", "--n")]
+    assert "--num-samples" in flags
+    for flag in flags:
+        args = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "fastncsn", "fid", flag, "1"])
+        assert args.training_script_args == ["fid", flag, "1"], flag
