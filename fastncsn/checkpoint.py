@@ -29,8 +29,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "CheckpointError", "save", "load", "load_checkpoint", "atomic_save", "load_bundled",
-           "BUNDLED_PATH", "rng_state", "set_rng_state", "convert_reference_state_dict", "load_state"]
+__all__ = ["FORMAT", "CheckpointError", "save", "load", "load_checkpoint", "atomic_save", "atomic_write",
+           "atomic_write_text", "load_bundled", "BUNDLED_PATH", "rng_state", "set_rng_state",
+           "convert_reference_state_dict", "load_state"]
 
 FORMAT = "fastncsn/1"
 BUNDLED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_ncsn.pt")
@@ -42,13 +43,26 @@ class CheckpointError(ValueError):
 
 def atomic_save(obj, path: str) -> None:
     """``torch.save(obj, path)`` atomically: temp file in the same directory, fsync, rename."""
+    atomic_write(path, lambda f: torch.save(obj, f), suffix=".pt")
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, like :func:`atomic_save`."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), suffix=".txt")
+
+
+def atomic_write(path: str, write, suffix: str = "") -> None:
+    """Call ``write(binary_file)`` on a temp file in ``path``'s directory, fsync, rename it to ``path``.
+
+    A reader (or a rerun after a kill at any moment) sees the old file or the complete new one, never
+    a partial file."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -215,6 +215,60 @@ def _cmd_schedule(a) -> None:
         print(f"(no overlap suggestion: {exc})")
 
 
+def _check_extractor(a) -> None:
+    """``--extractor inception`` needs a readable weights file: one line saying how to get it, before any work."""
+    if a.extractor != "inception":
+        return
+    from .metrics.fid_run import make_extractor
+    try:
+        make_extractor("inception", a.inception_weights)
+    except (TypeError, ValueError, FileNotFoundError, ImportError) as exc:
+        raise CLIError(f"--inception-weights: {exc}") from None
+
+
+def _cmd_fid(a) -> None:
+    from .metrics.fid_run import fid_of_checkpoint
+    for name, v in (("--n", a.n), ("--shard-size", a.shard_size), ("--batch-size", a.batch_size),
+                    ("--steps-per-level", a.steps_per_level)):
+        if v is not None and v < 1:
+            raise CLIError(f"{name}: expected an int >= 1, got {v}")
+    if a.seed < 0:
+        raise CLIError(f"--seed: expected an int >= 0, got {a.seed}")
+    if a.eps is not None and not a.eps > 0:
+        raise CLIError(f"--eps: expected a step size > 0, got {a.eps}")
+    if not os.path.isfile(a.checkpoint):
+        raise CLIError(f"--checkpoint: no such file {a.checkpoint!r}")
+    if not os.path.isfile(a.ref):
+        raise CLIError(f"--ref: no such statistics file {a.ref!r} (make one with: fastncsn fid-stats --data ... "
+                       "--out STATS)")
+    _check_extractor(a)
+    result = fid_of_checkpoint(a.checkpoint, a.ref, n=a.n, out_dir=a.out, seed=a.seed, batch_size=a.batch_size,
+                               shard_size=a.shard_size, extractor=a.extractor, inception_weights=a.inception_weights,
+                               device=a.device, fast=a.fast, precision=a.precision,
+                               steps_per_level=a.steps_per_level, eps=a.eps, save_samples=a.save_samples,
+                               progress=not a.quiet)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():  # joined from torchrun's environment by the run
+        dist.destroy_process_group()
+    if result is not None:
+        print(f"FID {result['fid']:.4f} ({result['extractor']['name']} features, n={result['n']}, "
+              f"seed={result['seed']})")
+
+
+def _cmd_fid_stats(a) -> None:
+    from .metrics.fid_run import reference_stats
+    if a.batch_size < 1:
+        raise CLIError(f"--batch-size: expected an int >= 1, got {a.batch_size}")
+    if a.npz is not None and not os.path.isfile(a.npz):
+        raise CLIError(f"--npz: no such file {a.npz!r}")
+    if a.npz is not None and not a.npz.endswith(".npz"):
+        raise CLIError(f"--npz: expected a .npz file of images, got {a.npz!r}")
+    _check_extractor(a)
+    stats = reference_stats(a.npz or a.data, extractor=a.extractor, out=a.out, root=a.root,
+                            inception_weights=a.inception_weights, batch_size=a.batch_size, device=a.device)
+    print(f"wrote {a.out}: {a.extractor} feature statistics of {stats.n} images (dim {stats.dim})")
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +365,44 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps-per-level", type=int, default=100, help="T for the step-size suggestion")
     c.add_argument("--max-points", type=int, default=5000, help="images used for --sigma-1 data")
     c.set_defaults(func=_cmd_schedule)
+
+    f = sub.add_parser("fid", help="FID of many samples of a checkpoint (sharded, resumable, torchrun)",
+                       description="Sample --n images in seeded shards (resumable; one rank per GPU under torchrun), "
+                                   "then the FID against reference statistics (fastncsn fid-stats).")
+    f.add_argument("--checkpoint", required=True, help="checkpoint of the model to score")
+    f.add_argument("--ref", required=True, help="reference statistics file (fastncsn fid-stats)")
+    f.add_argument("--n", "--num-samples", dest="n", type=int, default=50000,
+                   help="number of samples (default 50000, as the papers); under torchrun write --num-samples "
+                        "(torchrun's own parser rejects --n as an ambiguous abbreviation)")
+    f.add_argument("--out", help="folder of the shards and fid.json (default: beside the checkpoint)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--batch-size", type=int, help="sampler batch (default: a whole shard)")
+    f.add_argument("--shard-size", type=int, default=1000, help="samples per shard, the unit of resumption")
+    f.add_argument("--extractor", default="digits", choices=["digits", "inception"],
+                   help="feature extractor (default digits: the shipped digits classifier, offline)")
+    f.add_argument("--inception-weights", help="torchvision Inception-v3 weights file (--extractor inception)")
+    f.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    f.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA-graph sampler (default: on CUDA devices)")
+    f.add_argument("--precision", choices=["fp32", "bf16"], help="network precision of the fast sampler")
+    f.add_argument("--steps-per-level", type=int, help="T (default: the model's)")
+    f.add_argument("--eps", type=float, help="step size (default: the model's)")
+    f.add_argument("--save-samples", action="store_true", help="also keep each shard's samples (uint8)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_fid)
+
+    r = sub.add_parser("fid-stats", help="reference feature statistics of a dataset or an .npz of images",
+                       description="Feature statistics (mean, covariance) of reference images for fastncsn fid.")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="digits | mnist | cifar10 | folder:PATH (training split)")
+    src.add_argument("--npz", help=".npz of images ([N, C, H, W] or [N, H, W, C], uint8 or floats in [0, 1])")
+    r.add_argument("--root", help="directory of the torchvision dataset files")
+    r.add_argument("--out", required=True, help="statistics file to write")
+    r.add_argument("--extractor", default="digits", choices=["digits", "inception"])
+    r.add_argument("--inception-weights", help="torchvision Inception-v3 weights file (--extractor inception)")
+    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--device")
+    r.set_defaults(func=_cmd_fid_stats)
 
     from .experiments.cli import add_experiment_parser
     add_experiment_parser(sub)

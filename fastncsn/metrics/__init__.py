@@ -12,6 +12,9 @@ In the order data flows through them:
   trained on the embedded digits of :mod:`fastncsn.data`, shipped as
   ``fastncsn/assets/digits_classifier.pt``) with its trainer, save/load and
   ``digits_fid``.
+* :mod:`.fid_run` -- ``reference_stats`` / ``save_stats`` / ``load_stats`` (reference
+  statistics files) and ``fid_of_checkpoint``: FID of 50k samples in seeded, atomically
+  written shards (resumable, sharded over ``torchrun`` ranks).
 * :mod:`.histograms` -- ``class_histogram`` / ``plot_class_histogram``: the
   predicted-class distribution of generated samples with per-class confidence
   intervals (seed 000, Figures 13-14).
@@ -26,6 +29,7 @@ from __future__ import annotations
 from .extractors import (ASSETS_DIR, DIGITS_CLASSIFIER_PATH, DigitsClassifier, InceptionFeatures, digits_fid,
                          load_digits_classifier, save_digits_classifier, shipped_digits_classifier,
                          train_digits_classifier)
+from .fid_run import fid_of_checkpoint, load_stats, reference_stats, save_stats
 from .fid import FeatureStats, compute_feature_stats, fid, fid_from_features, frechet_distance
 from .histograms import ClassHistogram, class_histogram, class_histogram_from_labels, plot_class_histogram
 
@@ -35,6 +39,10 @@ __all__ = [
     "compute_feature_stats",
     "fid_from_features",
     "fid",
+    "reference_stats",
+    "save_stats",
+    "load_stats",
+    "fid_of_checkpoint",
     "InceptionFeatures",
     "DigitsClassifier",
     "train_digits_classifier",

@@ -19,7 +19,7 @@ import torch
 from .api import sample
 from .core import model_device, resolve_model
 
-__all__ = ["shard_sizes", "shard_seed", "sample_distributed"]
+__all__ = ["shard_sizes", "shard_seed", "sample_distributed", "init_from_env"]
 
 _M64 = (1 << 64) - 1
 
@@ -47,7 +47,7 @@ def shard_seed(seed: int, rank: int) -> int:
     return (z ^ (z >> 31)) >> 1
 
 
-def _init_from_env():
+def init_from_env():
     """Join the process group that torchrun describes in the environment (NCCL with CUDA, else gloo)."""
     import torch.distributed as dist
     if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -85,7 +85,7 @@ def sample_distributed(model, n: int, seed: int = 0, *, group=None, all_ranks: b
         if sample_kwargs.get(name):
             raise ValueError(f"{name}: not supported by sample_distributed")
     if dist.is_available():
-        _init_from_env()
+        init_from_env()
     distributed = dist.is_available() and dist.is_initialized()
     world, rank = (dist.get_world_size(group), dist.get_rank(group)) if distributed else (1, 0)
     sizes = shard_sizes(n, world)

@@ -1,0 +1,258 @@
+"""`fastncsn fid` / `fid-stats` (issue 18): reference statistics, sharded resumable FID runs, 1 vs 2 processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import fastncsn
+from fastncsn.cli import main
+from fastncsn.data import digits_split, embedded_digits
+from fastncsn.metrics import compute_feature_stats, fid, frechet_distance, shipped_digits_classifier
+from fastncsn.metrics.fid_run import (FIDRunError, fid_of_checkpoint, load_stats, reference_stats, save_stats,
+                                       shard_path)
+from fastncsn.models.refinenet import CondRefineNetDilated
+from fastncsn.sampling import sample, shard_seed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N, SHARD = 30, 10  # 3 shards
+RUN = dict(n=N, shard_size=SHARD, seed=3, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 CI cores; every run here (and the spawned ranks) on one: equal bits
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny model checkpoint and the digits-classifier statistics of the digits' train split."""
+    d = tmp_path_factory.mktemp("fid")
+    torch.manual_seed(0)
+    model = CondRefineNetDilated(28, 1, ngf=4, num_levels=2, sigmas=[1.0, 0.1])
+    model.sampling_defaults = dict(eps=1e-4, steps_per_level=1, step_convention="reference", denoise=True)
+    fastncsn.save(model, d / "tiny.pt")
+    train_x = digits_split()[0]
+    reference_stats(train_x, extractor="digits", out=d / "ref.pt")
+    return {"ckpt": str(d / "tiny.pt"), "ref": str(d / "ref.pt"), "dir": d}
+
+
+@pytest.fixture(scope="module")
+def full_run(files):
+    """An uninterrupted run in a fresh folder."""
+    out = files["dir"] / "full"
+    return fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=out, **RUN), out
+
+
+def _features(out, k):
+    return torch.load(shard_path(out, k), weights_only=True)["features"]
+
+
+def test_reference_stats_and_heldout_fid_near_floor(files):
+    train_x, _, test_x, _ = digits_split()
+    stats, ident = load_stats(files["ref"])
+    assert ident["name"] == "digits" and stats.n == train_x.shape[0]
+    feats = shipped_digits_classifier("cpu").features
+    held = compute_feature_stats(test_x, feats)
+    via_file = frechet_distance(held.mean(), held.cov(), stats.mean(), stats.cov())
+    direct = fid(test_x, train_x, feats)
+    assert via_file == pytest.approx(direct, rel=1e-9, abs=1e-9)
+    noise = torch.rand(test_x.shape, generator=torch.Generator().manual_seed(0))
+    assert direct < 0.05 * fid(noise, (stats.mean(), stats.cov()), feats)
+
+
+def test_fid_of_checkpoint_equals_direct_computation(files, full_run):
+    result, out = full_run
+    assert json.loads((out / "fid.json").read_text()) == result
+    assert result["n"] == N and result["num_shards"] == 3 and result["extractor"]["name"] == "digits"
+    assert result["sampler"]["steps_per_level"] == 1 and result["seed"] == 3
+    # the same samples drawn by hand, shard by shard, scored by fastncsn.metrics directly
+    model = fastncsn.load(files["ckpt"])
+    x = torch.cat([sample(model, SHARD, seed=shard_seed(3, k), progress=False) for k in range(3)])
+    ref, _ = load_stats(files["ref"])  # the file itself is checked against the images above
+    expected = fid(x, (ref.mean(), ref.cov()), shipped_digits_classifier("cpu").features)
+    assert result["fid"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_interrupted_run_resumes_without_redrawing(files, full_run):
+    result, full = full_run
+    out = files["dir"] / "interrupted"
+    drawn = []
+
+    def stop_after_two(k):
+        drawn.append(k)
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=out, on_shard=stop_after_two, **RUN)
+    assert drawn == [0, 1] and not (out / "fid.json").exists()
+    again = []
+    resumed = fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=out, on_shard=again.append, **RUN)
+    assert again == [2]  # shards 0 and 1 were not recomputed
+    assert resumed["fid"] == result["fid"]
+    for k in range(3):
+        assert torch.equal(_features(out, k), _features(full, k))
+
+
+def test_sigkill_then_rerun_gives_the_same_fid(files, full_run):
+    result, full = full_run
+    out = files["dir"] / "killed"
+    # a real process, SIGKILLed right after its second shard file is on disk
+    script = (
+        "import os, signal, torch\n"
+        "from fastncsn.metrics.fid_run import fid_of_checkpoint\n"
+        "torch.set_num_threads(1)\n"
+        "def hook(k):\n"
+        "    if k == 1:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"fid_of_checkpoint({files['ckpt']!r}, {files['ref']!r}, out_dir={str(out)!r}, on_shard=hook, "
+        f"n={N}, shard_size={SHARD}, seed=3, progress=False)\n")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert shard_path(out, 1).is_file() and not shard_path(out, 2).exists() and not (out / "fid.json").exists()
+    before = {k: _features(out, k) for k in (0, 1)}
+    again = []
+    rerun = fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=out, on_shard=again.append, **RUN)
+    assert again == [2] and rerun["fid"] == result["fid"]
+    for k in range(3):
+        assert torch.equal(_features(out, k), _features(full, k))
+    assert all(torch.equal(before[k], _features(out, k)) for k in (0, 1))
+
+
+def test_damaged_shard_is_redrawn(files, full_run, tmp_path):
+    result, full = full_run
+    out = tmp_path / "run"
+    fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=out, **dict(RUN, n=20))
+    shard_path(out, 1).write_bytes(b"truncated")
+    again = []
+    r = fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=out, on_shard=again.append, **dict(RUN, n=20))
+    assert again == [1] and torch.equal(_features(out, 1), _features(full, 1)) and r["n"] == 20
+
+
+def test_settings_mismatch_in_an_existing_folder_is_an_error(files, full_run):
+    _, full = full_run
+    before = sorted(p.name for p in full.iterdir())
+    with pytest.raises(FIDRunError, match=r"holds shards of a different FID run \(differs in: .*seed"):
+        fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=full, **dict(RUN, seed=4))
+    with pytest.raises(FIDRunError, match=str(full)):
+        fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=full, steps_per_level=2, **RUN)
+    assert sorted(p.name for p in full.iterdir()) == before
+
+
+def _worker(rank, world, init_file, ckpt, ref, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        drawn = []
+        result = fid_of_checkpoint(ckpt, ref, out_dir=out, on_shard=drawn.append, **RUN)
+        torch.save({"result": result, "drawn": drawn}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned interpreters: ~8 s on an idle 2-core machine, 20 s on a busy one
+def test_two_gloo_processes_equal_one(files, full_run, tmp_path):
+    result, full = full_run
+    out = tmp_path / "ddp"
+    out.mkdir()
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), files["ckpt"], files["ref"], str(out)), nprocs=2, join=True)
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["drawn"] == [0, 2] and r1["drawn"] == [1] and r1["result"] is None
+    assert r0["result"]["world_size"] == 2 and r0["result"]["fid"] == result["fid"]
+    for k in range(3):
+        assert torch.equal(_features(out, k), _features(full, k))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_fid_stats_digits_and_npz(tmp_path, capsys):
+    assert main(["fid-stats", "--data", "digits", "--out", str(tmp_path / "all.pt")]) == 0
+    images = embedded_digits()[0]
+    expected = compute_feature_stats(images, shipped_digits_classifier("cpu").features)
+    got, _ = load_stats(tmp_path / "all.pt")
+    assert got.n == 1797
+    torch.testing.assert_close(got.cov(), expected.cov(), rtol=1e-9, atol=1e-9)
+    # uint8 NHWC images in an .npz
+    u8 = (images[:100] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "imgs.npz", images=u8)
+    assert main(["fid-stats", "--npz", str(tmp_path / "imgs.npz"), "--out", str(tmp_path / "npz.pt")]) == 0
+    got, _ = load_stats(tmp_path / "npz.pt")
+    expected = compute_feature_stats(torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255,
+                                     shipped_digits_classifier("cpu").features)
+    torch.testing.assert_close(got.mean(), expected.mean(), rtol=1e-9, atol=1e-9)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_fid_runs_and_resumes(files, full_run, tmp_path, capsys):
+    result, _ = full_run
+    args = ["fid", "--checkpoint", files["ckpt"], "--ref", files["ref"], "--n", str(N), "--shard-size",
+            str(SHARD), "--seed", "3", "--out", str(tmp_path / "cli"), "--quiet"]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "cli" / "fid.json").read_text())["fid"] == result["fid"]
+    assert f"FID {result['fid']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n", "0"], "--n: expected an int >= 1"),
+    (["--shard-size", "-1"], "--shard-size: expected an int >= 1"),
+    (["--checkpoint", "missing.pt"], "--checkpoint: no such file"),
+    (["--ref", "missing_stats.pt"], "--ref: no such statistics file"),
+    (["--extractor", "inception", "--inception-weights", "nope.pth"],
+     "--inception-weights: weights_path 'nope.pth' does not exist or is not a file. InceptionFeatures expects "
+     "the torchvision Inception-v3 ImageNet weights file 'inception_v3_google-0cc3c7bd.pth'"),
+    (["--extractor", "inception"], "--inception-weights: weights_path must be a path to a local file"),
+])
+def test_cli_fid_errors_exit_2_before_sampling(files, tmp_path, capsys, extra, message):
+    args = ["fid", "--checkpoint", files["ckpt"], "--ref", files["ref"], "--out", str(tmp_path / "x")] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_fid_wrong_extractor_stats_and_bad_ref(files, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"not": "stats"}, bad)
+    assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "not a fastncsn statistics file" in capsys.readouterr().err
+    stats, ident = load_stats(files["ref"])
+    save_stats(stats, tmp_path / "other.pt", dict(ident, name="inception"))
+    assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(tmp_path / "other.pt"), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "holds 'inception' features; this run uses extractor 'digits'" in capsys.readouterr().err
+    assert main(["fid-stats", "--npz", str(tmp_path / "none.npz"), "--out", str(tmp_path / "s.pt")]) == 2
+    assert "--npz: no such file" in capsys.readouterr().err
+    assert main(["fid-stats", "--data", "digits", "--extractor", "inception", "--out", str(tmp_path / "s.pt")]) == 2
+    assert "--inception-weights: weights_path must be a path to a local file" in capsys.readouterr().err
+    assert not (tmp_path / "s.pt").exists()
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("cmd", ["fid", "fid-stats"])
+def test_cli_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and "usage: fastncsn " + cmd in capsys.readouterr().out
+
+
+def test_every_fid_flag_passes_through_torchrun():
+    """torchrun parses its own options before the module's: a flag it claims (or finds ambiguous) never reaches fid."""
+    from torch.distributed.run import get_args_parser
+    from fastncsn.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["fid"]
+    flags = [f for a in sub._actions for f in a.option_strings if f.startswith("--") and f not in ("--help", "--n")]
+    assert "--num-samples" in flags
+    for flag in flags:
+        args = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "fastncsn", "fid", flag, "1"])
+        assert args.training_script_args == ["fid", flag, "1"], flag
