@@ -154,7 +154,7 @@ def test_checkpoint_of_a_capturable_adam_resumes_on_the_cpu(tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_graph_replay_equals_eager(tol):
+def test_gpu_graph_replay_equals_eager(monkeypatch):
     """On CUDA (fp32, 6 steps: 2 warm-up, capture, replays) the captured step equals the eager body:
     weights, EMA, Adam state, interval losses and the generator's state (Philox offsets advanced)."""
     a, b = _pair("cuda", ngf=8)
@@ -165,7 +165,7 @@ def test_gpu_graph_replay_equals_eager(tol):
     gen_b = torch.Generator(device="cuda").manual_seed(3)
     graph = GraphTrainStep(a, opt_a, a.sigmas, ema=ema_a, generator=gen_a, grad_clip=1.0, use_graphs=True)
     eager = GraphTrainStep(b, opt_b, b.sigmas, ema=ema_b, generator=gen_b, grad_clip=1.0, use_graphs=False)
-    torch.backends.cudnn.deterministic = True
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     xs = torch.rand(6, 16, 1, 28, 28, device="cuda")
     for i, x in enumerate(xs):
         for grp in (*opt_a.param_groups, *opt_b.param_groups):
