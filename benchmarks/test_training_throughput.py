@@ -12,11 +12,20 @@ MNIST (28x28x1, ngf 64) and CIFAR-10 (32x32x3, ngf 128), NCSN v1
 * ``fast`` -- ``fastncsn.training.fast``: bf16 autocast with the loss in fp32,
   channels-last, fused CIN++ (backend "auto"), regional ``torch.compile`` of the
   residual and RefineNet blocks, fused Adam;
-* ``fast-eager`` -- the same without the compile (what the compile buys).
+* ``fast-eager`` -- the same without the compile (what the compile buys);
+* ``fast-graph`` -- the fast path with the whole step (draws, forward, backward,
+  capturable fused Adam, loss accumulators) replayed from one CUDA graph
+  (``fastncsn.training.GraphTrainStep``, issue 16; prediction in benchmarks/NOTES.md).
+
+``test_train_startup`` times ``fastncsn.train`` itself (digits, MNIST config, 3 steps)
+on the fast path with and without the graph: ``startup_s`` from the run's log (model
+preparation to the end of the first step) and ``train_call_s`` (the whole call:
+data, model, 2 warm-up steps, capture and the first replay for the graph).
 
 Every record's ``extra_info``: ``config``, ``batch``, ``path``, ``precision``,
 ``backend`` (the CIN++ backend "auto" resolved to), ``compile``, ``ms_per_step``,
-``images_per_s``, ``reference_ms_per_step`` (the reference path, same run, measured
+``images_per_s``, ``graph``, ``ready_s`` (to the end of the 4th step: the graph
+path's first replay), ``reference_ms_per_step`` (the reference path, same run, measured
 once per config in a module-scoped cache), ``speedup``, ``startup_s`` (from model
 preparation to the end of the first step, compilation included), ``peak_mem_gb``
 (``torch.cuda.max_memory_allocated`` over build and timing), ``params``, ``device``.
@@ -24,6 +33,7 @@ Skips without CUDA; nothing touches CUDA at import.  Command: benchmarks/README.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -32,7 +42,7 @@ import torch
 import torch._dynamo
 
 from fastncsn import ops
-from fastncsn.training import dsm_step, make_optimizer, prepare_fast_model
+from fastncsn.training import GraphTrainStep, dsm_step, make_optimizer, prepare_fast_model, train
 from fastncsn.models import CondRefineNetDilated
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -45,7 +55,10 @@ LR = 1e-3
 INNER, ROUNDS = 5, 10
 DEVICE = "cuda"
 #: path -> (precision, fused backend, compile)
-PATHS = {"reference": ("fp32", "torch", False), "fast": ("bf16", "auto", True), "fast-eager": ("bf16", "auto", False)}
+PATHS = {"reference": ("fp32", "torch", False), "fast": ("bf16", "auto", True), "fast-eager": ("bf16", "auto", False),
+         "fast-graph": ("bf16", "auto", True)}
+#: the paths whose whole step is replayed from a CUDA graph (2 eager warm-up steps, then capture)
+GRAPH_PATHS = ("fast-graph",)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +68,7 @@ def reference_ms_per_step() -> dict:
 
 
 def _build(config: str, path: str):
-    """(step function, startup seconds, parameter count) of a fresh model on ``path``."""
+    """(step function, startup seconds, ready seconds, parameter count) of a fresh model on ``path``."""
     precision, backend, compile = PATHS[path]
     fast = path != "reference"
     if fast:
@@ -69,20 +82,30 @@ def _build(config: str, path: str):
     t0 = time.perf_counter()
     if fast:
         prepare_fast_model(model, DEVICE, precision, compile=compile, backend=backend)
-    opt = make_optimizer(model, LR, fast)
+    opt = make_optimizer(model, LR, fast, capturable=path in GRAPH_PATHS)
 
-    def step():
-        levels = torch.randint(0, NUM_LEVELS, (BATCH,), generator=gen, device=DEVICE)
-        z = torch.randn(x.shape, generator=gen, device=DEVICE)
-        dsm_step(model, x, model.sigmas, levels, z, precision=precision, channels_last=fast, optimizer=opt)
+    if path in GRAPH_PATHS:
+        graph_step = GraphTrainStep(model, opt, model.sigmas, generator=gen, precision=precision, channels_last=True,
+                                    use_graphs=True)
+
+        def step():
+            graph_step(x)
+    else:
+        def step():
+            levels = torch.randint(0, NUM_LEVELS, (BATCH,), generator=gen, device=DEVICE)
+            z = torch.randn(x.shape, generator=gen, device=DEVICE)
+            dsm_step(model, x, model.sigmas, levels, z, precision=precision, channels_last=fast, optimizer=opt)
 
     step()
     torch.cuda.synchronize()
     startup = time.perf_counter() - t0
-    for _ in range(3):  # cudnn.benchmark and Triton autotuning settle
+    for _ in range(3):  # cudnn.benchmark and Triton autotuning settle; the graph path captures at step 3
         step()
     torch.cuda.synchronize()
-    return step, startup, sum(p.numel() for p in model.parameters())
+    ready = time.perf_counter() - t0
+    if path in GRAPH_PATHS:
+        assert graph_step.captures == 1, "the training step was not captured (see the warning)"
+    return step, startup, ready, sum(p.numel() for p in model.parameters())
 
 
 def _timed(step):
@@ -95,7 +118,7 @@ def _timed(step):
 
 def _reference(cache: dict, config: str) -> float:
     if config not in cache:
-        step, _, _ = _build(config, "reference")
+        step, _, _, _ = _build(config, "reference")
         run = _timed(step)
         times = []
         for _ in range(ROUNDS):
@@ -112,7 +135,7 @@ def _reference(cache: dict, config: str) -> float:
 def test_training_step(benchmark, reference_ms_per_step, config, path):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    step, startup, params = _build(config, path)
+    step, startup, ready, params = _build(config, path)
     benchmark.pedantic(_timed(step), rounds=ROUNDS, warmup_rounds=1, iterations=1)
     ms = benchmark.stats.stats.median * 1e3 / INNER
     peak = torch.cuda.max_memory_allocated() / 1e9
@@ -124,6 +147,28 @@ def test_training_step(benchmark, reference_ms_per_step, config, path):
     benchmark.extra_info.update(
         config=config, batch=BATCH, path=path, precision=precision,
         backend=ops.resolve_backend(backend, DEVICE), compile=compile, ms_per_step=ms,
-        images_per_s=BATCH / (ms * 1e-3), reference_ms_per_step=ref_ms, speedup=ref_ms / ms, startup_s=startup,
+        images_per_s=BATCH / (ms * 1e-3), graph=path in GRAPH_PATHS, reference_ms_per_step=ref_ms,
+        speedup=ref_ms / ms, startup_s=startup, ready_s=ready,
         peak_mem_gb=peak, params=params, num_levels=NUM_LEVELS, device=torch.cuda.get_device_name())
     assert ms > 0
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["fast", "fast-graph"])
+def test_train_startup(benchmark, tmp_path, graph):
+    """``fastncsn.train`` on the default fast path (digits, MNIST config, batch 128): start-up to the first
+    finished step (the run's log) and the whole 3-step call (issue 16 item 3: first step within 60 s)."""
+    torch._dynamo.reset()  # compile from scratch, as a fresh process would
+    out = tmp_path / ("graph" if graph else "fast")
+
+    def call():
+        train(data="digits", steps=3, ngf=CONFIGS["mnist"]["ngf"], num_levels=NUM_LEVELS, batch_size=BATCH, lr=LR,
+              device=DEVICE, progress=False, log_every=1, checkpoint_every=1000, out_dir=str(out), resume=False,
+              graph=graph)
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(call, rounds=1, iterations=1)
+    log = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    benchmark.extra_info.update(config="mnist", batch=BATCH, path="fast-graph" if graph else "fast", graph=graph,
+                                startup_s=log[0]["startup_s"], train_call_s=benchmark.stats.stats.max,
+                                device=torch.cuda.get_device_name())
+    assert log[0]["startup_s"] > 0

@@ -108,12 +108,12 @@ def _cmd_train(a) -> None:
                       ema_rate=recipe["ema_rate"] or None, seed=a.seed,
                       device=a.device, progress=not a.quiet, resume=not a.no_resume, ngf=recipe["ngf"],
                       num_levels=a.num_levels, sigma_1=a.sigma_1, sigma_L=a.sigma_L, schedule=a.schedule,
-                      root=a.root, fast=a.fast, precision=a.precision, compile=a.compile,
+                      root=a.root, fast=a.fast, precision=a.precision, compile=a.compile, graph=a.graph,
                       tensorboard_dir=a.tensorboard, extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
     except ValueError as exc:
         # train checks the fast/precision/compile combination (fastncsn.training.resolve_fast_options)
         # before any work; name the flag in its one-line error
-        if str(exc).split(":", 1)[0] in ("fast", "precision", "compile"):
+        if str(exc).split(":", 1)[0] in ("fast", "precision", "compile", "graph"):
             raise CLIError(f"--{exc}") from None
         raise
     print(f"fastncsn: trained {type(model).__name__} to step {model.train_step} of {recipe['steps']}; "
@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network precision of the fast step (default bf16 on CUDA); the reference step is fp32")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the residual and RefineNet blocks on the fast path (default: on CUDA)")
+    t.add_argument("--graph", action=argparse.BooleanOptionalAction, default=False,
+                   help="replay the whole training step (draws, forward, backward, Adam, EMA) from one CUDA graph "
+                        "(default: off until measured on a GPU; on the CPU the same step runs eagerly)")
     t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars to DIR (needs tensorboard)")
     t.add_argument("--no-resume", action="store_true", help="start afresh even if --out has checkpoints")
     t.add_argument("--quiet", action="store_true")

@@ -71,6 +71,10 @@ def validate_sigmas(sigmas, name: str = "sigmas") -> torch.Tensor:
         raise ValueError(f"{name}: expected a 1-D sequence of at least one noise level, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         t = t.double()
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        # inside a CUDA-graph capture a value check would sync with the host (an error there): the
+        # capturing code (fastncsn.training.graph_step) checked the ladder before capture
+        return t
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: expected finite noise levels, got {t.tolist()}")
     if not bool((t > 0).all()):

@@ -238,20 +238,22 @@ def test_tensorboard_scalars(tmp_path, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_fast_bf16_loss_curve_follows_reference_200_steps(tmp_path):
-    """Issue 7 acceptance on a GPU: over the first 200 digits steps (ngf 64, L 10, batch 128) the
-    default fast path (bf16, fused CIN++, regional compile) follows the reference fp32 curve within the
-    bf16 tolerance, and a run with another seed does not."""
+def test_gpu_fast_graph_bf16_loss_curve_within_half_the_seed_control_200_steps(tmp_path):
+    """Issue 16 acceptance (the loss curve with a control): over the first 200 digits steps (ngf 64,
+    L 10, batch 128) the mean relative loss difference between the fast path (bf16, fused CIN++,
+    regional compile, the whole step in one CUDA graph) and the fp32 reference is at most half the
+    difference between two reference runs with different seeds, measured here; no NaN."""
     kw = dict(data="digits", steps=200, ngf=64, num_levels=10, batch_size=128, lr=1e-3, progress=False,
               log_every=1, device="cuda")
     _, ref = _run(tmp_path / "ref", fast=False, **kw)
-    _, fast = _run(tmp_path / "fast", **kw)
+    _, fast = _run(tmp_path / "fast", graph=True, **kw)
     _, other = _run(tmp_path / "other", fast=False, **dict(kw, seed=1))
-    assert fast[0]["fast"] is True and fast[0]["precision"] == "bf16"
+    assert fast[0]["fast"] is True and fast[0]["precision"] == "bf16" and len(fast) == 200
     assert all(r["max_memory_gb"] > 0 for r in fast)
-    mean, worst = _rel_curve(fast, ref)
-    assert mean <= BF16_CURVE_MEAN and worst <= BF16_CURVE_MAX, (mean, worst)
-    assert _rel_curve(other, ref)[0] > BF16_CURVE_MEAN
+    assert all(torch.isfinite(torch.tensor([r["loss"] for r in run])).all() for run in (ref, fast, other))
+    mean, _ = _rel_curve(fast, ref)
+    control, _ = _rel_curve(other, ref)
+    assert mean <= 0.5 * control, (mean, control)
 
 
 def test_fast_model_backend_is_an_option_not_model_state():

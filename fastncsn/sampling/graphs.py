@@ -49,6 +49,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import ops
+from ..devices import resolve_graph_device
 from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
 from .core import (SamplerSettings, check_count, check_mask, chunks, eval_mode, init_samples, model_device,
@@ -175,13 +176,8 @@ class GraphSampler:
 
     def _place(self, device, use_graphs: Optional[bool], precision: Optional[str]) -> None:
         """Device, graphs on/off, precision and the Langevin step's backend."""
-        self.device = torch.device(device) if device is not None else model_device(self.model)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        if use_graphs is None:
-            use_graphs = self.device.type == "cuda"
-        if use_graphs and self.device.type != "cuda":
-            raise ValueError(f"use_graphs: CUDA graphs need a CUDA device, got {self.device}")
+        self.device, use_graphs = resolve_graph_device(device if device is not None else model_device(self.model),
+                                                       use_graphs)
         if precision is None:
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         self.use_graphs, self.precision = use_graphs, precision

@@ -7,6 +7,8 @@ Modules:
 
 * :mod:`.loop`    -- :func:`train`: the run (set up, resume, steps, checkpoints, clean stop);
 * :mod:`.step`    -- :func:`dsm_step`: forward, loss, backward and update of one step;
+* :mod:`.graph_step` -- :class:`GraphTrainStep`: the whole DSM step (draws, forward, backward, Adam, EMA,
+  loss accumulators) replayed from one CUDA graph, or run eagerly on the same static buffers;
 * :mod:`.fast`    -- the fast options (bf16, fused CIN++, channels-last, regional compile, fused Adam);
 * :mod:`.build`   -- the run's set-up: data, model, optimizer, EMA, generators (:class:`Run`);
 * :mod:`.resume`  -- checkpoint discovery, saving and exact resumption;
@@ -27,7 +29,8 @@ _PUBLIC = {
     "CPU_DIGITS_RECIPE": "recipes", "GENERIC_RECIPE": "recipes", "DATASET_SAMPLING": "recipes",
     "default_recipe": "recipes", "describe_recipe": "recipes",
     "PRECISIONS": "fast", "resolve_fast_options": "fast", "prepare_fast_model": "fast",
-    "release_fast_model": "fast", "make_optimizer": "fast",
+    "release_fast_model": "fast", "make_optimizer": "fast", "make_capturable": "fast",
+    "GraphTrainStep": "graph_step", "IntervalLoss": "graph_step",
 }
 
 __all__ = list(_PUBLIC)

@@ -32,7 +32,8 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["PRECISIONS", "resolve_fast_options", "prepare_fast_model", "release_fast_model", "make_optimizer"]
+__all__ = ["PRECISIONS", "resolve_fast_options", "prepare_fast_model", "release_fast_model", "make_optimizer",
+           "make_capturable"]
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -149,10 +150,39 @@ def release_fast_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, fast: bool, adam_eps: float = 1e-8) -> torch.optim.Adam:
+def make_optimizer(model: torch.nn.Module, lr: float, fast: bool, adam_eps: float = 1e-8,
+                   capturable: bool = False) -> torch.optim.Adam:
     """Adam as NCSN (betas 0.9/0.999, epsilon ``adam_eps`` 1e-8); fused into one kernel for CUDA
-    weights on the fast path."""
+    weights on the fast path.  ``capturable=True`` (CUDA weights only) keeps the step counters on the
+    device so that ``optimizer.step()`` can be captured in a CUDA graph (fused and capturable go
+    together in torch 2.x); see :func:`make_capturable`."""
     params = list(model.parameters())
-    fused = bool(fast) and len(params) > 0 and all(p.is_cuda for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=adam_eps, **({"fused": True} if fused else {}))
+    on_cuda = len(params) > 0 and all(p.is_cuda for p in params)
+    if capturable and not on_cuda:
+        raise ValueError("capturable: a capturable Adam needs CUDA weights (torch's capturable optimizers are "
+                         "for accelerators), got weights on the CPU")
+    fused = bool(fast) and on_cuda
+    extra = {"fused": True} if fused else {}
+    if capturable:
+        extra["capturable"] = True
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=adam_eps, **extra)
 
+
+def make_capturable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Turn ``capturable`` on in every param group of ``optimizer`` (an Adam on CUDA weights), moving
+    existing step counters to their parameter's device as float32 (what torch's capturable Adam keeps),
+    so that ``optimizer.step()`` can run inside a CUDA graph; returns ``optimizer``.
+
+    For an optimizer built without it, e.g. one resumed from a reference-path checkpoint.
+    """
+    for group in optimizer.param_groups:
+        if "capturable" not in group:
+            raise ValueError(f"optimizer: {type(optimizer).__name__} has no capturable mode")
+        for p in group["params"]:
+            if not p.is_cuda:
+                raise ValueError(f"optimizer: a capturable optimizer needs CUDA weights, got a parameter on {p.device}")
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor) and step.device != p.device:
+                optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+        group["capturable"] = True
+    return optimizer

@@ -17,6 +17,7 @@ import torch
 
 from .build import Run, build_run, check_arguments
 from .fast import release_fast_model
+from .graph_step import GraphTrainStep
 from .log import TrainLog
 from .resume import restore, save_run
 from .step import dsm_step
@@ -46,14 +47,19 @@ class _StopFlag:
         return False
 
 
+def _next_images(run: Run) -> torch.Tensor:
+    """The next dequantised global batch on the device (levels and noise not drawn)."""
+    from ..data import dequantize
+    x = run.batches.next().to(run.device)
+    return dequantize(x, run.data_gen).to(run.device)
+
+
 def _next_batch(run: Run) -> tuple:
     """``(x, level, noise)`` of this process for the next step.
 
     Every rank draws the whole global batch's levels and noise (same generators) and keeps its
     slice, so N processes equal one process with the same global batch."""
-    from ..data import dequantize
-    x = run.batches.next().to(run.device)
-    x = dequantize(x, run.data_gen).to(run.device)
+    x = _next_images(run)
     level = torch.randint(0, run.model.sigmas.numel(), (x.shape[0],), generator=run.noise_gen, device=run.device)
     noise = torch.randn(x.shape, generator=run.noise_gen, device=run.device, dtype=x.dtype)
     if run.world > 1:
@@ -74,6 +80,19 @@ class _Plan:
     checkpoint_every: int
     keep_last: int
     progress: bool
+    graph: bool = False
+
+
+def _graph_step(run: Run, plan: _Plan) -> Optional[GraphTrainStep]:
+    """The whole-step program of ``train(graph=True)`` (after a resume: it makes the optimizer capturable)."""
+    if not plan.graph:
+        return None
+    if run.distributed:
+        raise ValueError("graph: the whole-step CUDA graph runs in one process; with torch.distributed "
+                         "pass graph=False")
+    return GraphTrainStep(run.net, run.optimizer, run.model.sigmas, ema=run.ema, generator=run.noise_gen,
+                          precision=run.precision, channels_last=run.fast and run.device.type == "cuda",
+                          anneal_power=plan.anneal_power, grad_clip=plan.grad_clip, device=run.device)
 
 
 def _prepare_out_dir(run: Run, plan: _Plan, resume: bool) -> None:
@@ -101,14 +120,20 @@ def _set_warmup_lr(run: Run, plan: _Plan) -> None:
 
 def _run_steps(run: Run, plan: _Plan, log: TrainLog) -> None:
     """Steps from ``run.step`` to ``plan.steps`` with checkpoints; stops cleanly on SIGTERM/SIGINT."""
+    graph_step = _graph_step(run, plan)
     with _StopFlag() as stop:
         while run.step < plan.steps:
             log.step_started()
-            x, level, noise = _next_batch(run)
-            _set_warmup_lr(run, plan)
-            out = dsm_step(run.net, x, run.model.sigmas, level, noise, precision=run.precision,
-                           channels_last=run.fast and run.device.type == "cuda", anneal_power=plan.anneal_power,
-                           optimizer=run.optimizer, grad_clip=plan.grad_clip, ema=run.ema)
+            if graph_step is not None:  # levels and noise are drawn inside the step; losses read at log time
+                x = _next_images(run)
+                _set_warmup_lr(run, plan)
+                out = graph_step(x)
+            else:
+                x, level, noise = _next_batch(run)
+                _set_warmup_lr(run, plan)
+                out = dsm_step(run.net, x, run.model.sigmas, level, noise, precision=run.precision,
+                               channels_last=run.fast and run.device.type == "cuda", anneal_power=plan.anneal_power,
+                               optimizer=run.optimizer, grad_clip=plan.grad_clip, ema=run.ema)
             run.step += 1
             log.step_done(out)
             if run.step % plan.checkpoint_every == 0 or run.step == plan.steps:
@@ -128,7 +153,7 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
           schedule: str = "geometric", root: Optional[str] = None, log_every: int = 10,
           grad_clip: Optional[float] = None, warmup_steps: int = 0, anneal_power: float = 2.0,
           extra: Optional[dict] = None, fast: Optional[bool] = None, precision: Optional[str] = None,
-          compile=None, tensorboard_dir: Optional[str] = None):
+          compile=None, tensorboard_dir: Optional[str] = None, graph: bool = False):
     """Train a noise-conditional score network with DSM (seed 003 eq. 5-6) on the CPU or a GPU.
 
     The reference NCSN recipe (Adam lr 1e-3, betas (0.9, 0.999), batch 128, DSM with
@@ -160,6 +185,13 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
             on the fast path (None: on CUDA only; True on the CPU raises ValueError,
             Inductor's C++ build takes minutes there); a string names a
             ``torch.compile`` backend (e.g. ``"eager"``, for debugging).
+        graph: the whole step (level and noise draws, forward, backward, Adam made
+            capturable, EMA) replayed from one CUDA graph per batch shape
+            (:class:`~.graph_step.GraphTrainStep`; off by default until a GPU has
+            measured it); on the CPU the same step runs eagerly.  The logged ``loss``
+            is then the mean over the steps since the previous record and
+            ``per_level`` the mean per level over them (one host sync per record).
+            One process only (not with torch.distributed).
         tensorboard_dir: also write the logged scalars there with TensorBoard
             (warns once and goes on without it when TensorBoard is not installed).
 
@@ -178,11 +210,14 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         ``steps`` when a signal stopped the run).
     """
     check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir)
+    if not isinstance(graph, bool):
+        raise ValueError(f"graph: expected True or False, got {graph!r}")
     run = build_run(model_or_config, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed,
                     device=device, root=root, ngf=ngf, num_levels=num_levels, sigma_1=sigma_1, sigma_L=sigma_L,
                     schedule=schedule, fast=fast, precision=precision, compile=compile, extra=extra)
     plan = _Plan(steps=steps, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip, anneal_power=anneal_power,
-                 out_dir=out_dir, checkpoint_every=checkpoint_every, keep_last=keep_last, progress=progress)
+                 out_dir=out_dir, checkpoint_every=checkpoint_every, keep_last=keep_last, progress=progress,
+                 graph=graph)
     try:
         _prepare_out_dir(run, plan, resume)
         log = TrainLog(run, steps, batch_size, log_every, out_dir, tensorboard_dir, progress)

@@ -44,9 +44,10 @@ def restore(run, out_dir: str, progress: bool = False) -> int:
         return 0
     ckpt.load_state(run.model, ck["state_dict"], path)
     if ck.get("optimizer"):
-        # this run's Adam kernel (fused or not), not the saved run's: set before loading, as
-        # the fused kernel wants its step counters on the device
-        own = [{k: g.get(k) for k in ("fused", "foreach")} for g in run.optimizer.param_groups]
+        # this run's Adam kernel (fused, capturable or not), not the saved run's: set before loading,
+        # as the fused and capturable kernels want their step counters on the device (and a CPU run
+        # cannot use a capturable one saved by a CUDA-graph run)
+        own = [{k: g.get(k) for k in ("fused", "foreach", "capturable")} for g in run.optimizer.param_groups]
         osd = ck["optimizer"]
         run.optimizer.load_state_dict(dict(osd, param_groups=[dict(g, **o) for g, o in zip(osd["param_groups"], own)]))
     if run.ema is not None and ck.get("ema_state_dict"):

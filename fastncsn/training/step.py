@@ -20,8 +20,10 @@ __all__ = ["dsm_step"]
 
 
 def _autocast(device: torch.device, precision: str):
+    # no weight-cast cache: each weight is cast once per forward anyway, and a cache that outlives
+    # a CUDA-graph capture is unsafe (fastncsn.training.graph_step captures this step)
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
