@@ -19,7 +19,7 @@ import torch
 
 from ..nn import InstanceNorm2dPlus
 from .registry import register
-from .refinenet import RefineNetTrunk, _check_sigmas, default_sigmas
+from .refinenet import RefineNetTrunk, check_sigmas, default_sigmas
 
 #: the reference NCSNv2 CIFAR-10 configuration (model and sampling)
 NCSNV2_CIFAR10 = dict(
@@ -47,7 +47,7 @@ class NCSNv2(RefineNetTrunk):
         super().__init__(image_size, channels, ngf, norm, None, "max", logit_transform=logit_transform,
                          rescaled=rescaled)
         self.num_levels = num_levels
-        s = default_sigmas(num_levels, sigma_1, sigma_L) if sigmas is None else _check_sigmas(sigmas, num_levels)
+        s = default_sigmas(num_levels, sigma_1, sigma_L) if sigmas is None else check_sigmas(sigmas, num_levels)
         self.register_buffer("sigmas", s)
         self.config = dict(image_size=image_size, channels=channels, ngf=ngf, num_levels=num_levels,
                            sigmas=[float(v) for v in s], logit_transform=logit_transform, rescaled=rescaled)

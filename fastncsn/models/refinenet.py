@@ -23,7 +23,7 @@ def default_sigmas(num_levels: int, sigma_1: float = 1.0, sigma_L: float = 0.01)
     return get_sigmas("geometric", sigma_1, sigma_L, num_levels)
 
 
-def _check_sigmas(sigmas, num_levels: int) -> torch.Tensor:
+def check_sigmas(sigmas, num_levels: int) -> torch.Tensor:
     from ..schedules import validate_sigmas
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).detach().clone()
     validate_sigmas(sigmas, "sigmas")
@@ -128,7 +128,7 @@ class CondRefineNetDilated(RefineNetTrunk):
         norm = partial(ConditionalInstanceNorm2dPlus, num_levels=num_levels, backend=backend)
         super().__init__(image_size, channels, ngf, norm, norm, "avg", logit_transform=logit_transform)
         self.num_levels = num_levels
-        s = default_sigmas(num_levels) if sigmas is None else _check_sigmas(sigmas, num_levels)
+        s = default_sigmas(num_levels) if sigmas is None else check_sigmas(sigmas, num_levels)
         # not persistent: the reference v1 state dict has no such entry; the ladder lives in ``config``
         self.register_buffer("sigmas", s, persistent=False)
         self.config = dict(image_size=image_size, channels=channels, ngf=ngf, num_levels=num_levels,
