@@ -126,8 +126,8 @@ def _cmd_train(a) -> int:
         # train checks its arguments, --out and a resume's settings before any work; name the flag
         name, _, rest = str(exc).partition(":")
         if name in _TRAIN_FLAGS and rest:
-            raise CLIError(_TRAIN_FLAGS[name] + ":" + rest.replace("allow_changed_settings=True",
-                                                                  "--allow-changed-settings")) from None
+            rest = rest.replace("allow_changed_settings=True", "--allow-changed-settings")
+            raise CLIError(_TRAIN_FLAGS[name] + ":" + rest.replace("another out_dir", "another --out")) from None
         raise
     except FloatingPointError as exc:  # diverged: the last finite checkpoint is kept
         print(f"fastncsn: error: {str(exc).splitlines()[0]}", file=sys.stderr)

@@ -81,7 +81,7 @@ def test_legacy_checkpoints_without_run_id_resume(tmp_path):
     path = find_checkpoints(str(tmp_path))[0]
     ck = torch.load(path, weights_only=False)
     del ck["extra"]["run_id"], ck["extra"]["grad_clip"]  # as written before run ids and these settings existed
-    torch.save(ck, path)
+    torch.save(ck, path, _use_new_zipfile_serialization=False)  # (and in torch's legacy format: not memory-mappable)
     train(steps=3, out_dir=str(tmp_path), checkpoint_every=1, keep_last=1, **TINY)
     assert _names(tmp_path) == ["checkpoint_00000003.pt"] and checkpoint_run_id(find_checkpoints(str(tmp_path))[0]) == "legacy"
 

@@ -26,7 +26,10 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, step: int, steps: int, checkpoint: Optional[str]):
         self.signum, self.step, self.steps, self.checkpoint = signum, step, steps, checkpoint
-        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
         saved = f"checkpoint saved to {checkpoint}" if checkpoint else "nothing saved (no out_dir)"
         super().__init__(f"training interrupted by {name} at step {step} of {steps}; {saved}; "
                          "rerun the same command to resume")

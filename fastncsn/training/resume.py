@@ -52,7 +52,10 @@ def checkpoint_run_id(path: str):
     try:  # memory-mapped: the metadata is read, the tensors are not
         obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception:
-        return None
+        try:  # (a file that cannot be memory-mapped, e.g. torch's legacy format: read it whole)
+            obj = ckpt.load_checkpoint(path)
+        except ckpt.CheckpointError:
+            return None
     if not isinstance(obj, dict):
         return None
     return (obj.get("extra") or {}).get("run_id") or LEGACY_RUN_ID
