@@ -40,15 +40,17 @@ class TrainingInterrupted(Exception):
 
 
 def check_out_dir(out_dir, log_name: str) -> None:
-    """Create ``out_dir``, write and remove a probe file there, and open ``log_name`` in it for appending;
+    """Create ``out_dir``, write and remove a probe file there, and open its ``log_name`` (if any) for appending;
     ValueError naming ``out_dir`` when any of it fails (before any training)."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out_dir)
         os.close(fd)
         os.remove(probe)
-        with open(os.path.join(out_dir, log_name), "a"):
-            pass
+        log = os.path.join(out_dir, log_name)
+        if os.path.lexists(log):  # (a missing one is created by the first record, in a directory shown writable)
+            with open(log, "a"):
+                pass
     except OSError as exc:
         where = exc.filename or out_dir
         raise ValueError(f"out_dir: expected a writable directory for checkpoints and {log_name}, "
