@@ -89,8 +89,15 @@ def _cmd_sample(a) -> None:
     print(f"fastncsn: {a.n} samples in {time.time() - t0:.1f} s -> {', '.join(written)}")
 
 
-def _cmd_train(a) -> None:
-    from .training import CPU_DIGITS_RECIPE, default_recipe, describe_recipe, train
+#: ``train``'s argument names -> the ``train`` command's flags (its ValueErrors start with the name)
+_TRAIN_FLAGS = {"fast": "--fast", "precision": "--precision", "compile": "--compile", "graph": "--graph",
+                "keep_last": "--keep-last",
+                "out_dir": "--out", "allow_changed_settings": "--allow-changed-settings", "steps": "--steps",
+                "batch_size": "--batch-size", "lr": "--lr", "checkpoint_every": "--checkpoint-every"}
+
+
+def _cmd_train(a) -> int:
+    from .training import CPU_DIGITS_RECIPE, TrainingInterrupted, default_recipe, describe_recipe, find_checkpoints, train
     data = a.data
     recipe = default_recipe(data, a.device)
     given = dict(ngf=a.ngf, batch_size=a.batch_size, lr=a.lr, ema_rate=a.ema, steps=a.steps)
@@ -99,6 +106,11 @@ def _cmd_train(a) -> None:
             recipe[key] = value
     if a.ema is not None and not 0 <= a.ema < 1:
         raise CLIError(f"--ema: expected a rate in [0, 1) (0 = no EMA), got {a.ema}")
+    if a.keep_last < 1:
+        raise CLIError(f"--keep-last: expected an int >= 1 (checkpoints of this run to keep), got {a.keep_last}")
+    if a.no_resume and find_checkpoints(a.out):
+        raise CLIError(f"--out: {a.out!r} holds checkpoints of an earlier run; --no-resume would start a second run "
+                       "beside them: choose another --out or remove the old checkpoints")
     if recipe == dict(recipe, **CPU_DIGITS_RECIPE) and not a.quiet:
         print(f"fastncsn: CPU recipe for the embedded digits: {describe_recipe(CPU_DIGITS_RECIPE)} "
               "(~10 min on 2 cores); --ngf/--batch-size/--lr/--ema/--steps override it")
@@ -109,13 +121,21 @@ def _cmd_train(a) -> None:
                       device=a.device, progress=not a.quiet, resume=not a.no_resume, ngf=recipe["ngf"],
                       num_levels=a.num_levels, sigma_1=a.sigma_1, sigma_L=a.sigma_L, schedule=a.schedule,
                       root=a.root, fast=a.fast, precision=a.precision, compile=a.compile, graph=a.graph,
-                      tensorboard_dir=a.tensorboard, extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
+                      tensorboard_dir=a.tensorboard, allow_changed_settings=a.allow_changed_settings,
+                      extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
     except ValueError as exc:
-        # train checks the fast/precision/compile combination (fastncsn.training.resolve_fast_options)
-        # before any work; name the flag in its one-line error
-        if str(exc).split(":", 1)[0] in ("fast", "precision", "compile", "graph"):
-            raise CLIError(f"--{exc}") from None
+        # train checks its arguments, --out and a resume's settings before any work; name the flag
+        name, _, rest = str(exc).partition(":")
+        if name in _TRAIN_FLAGS and rest:
+            rest = rest.replace("allow_changed_settings=True", "--allow-changed-settings")
+            raise CLIError(_TRAIN_FLAGS[name] + ":" + rest.replace("another out_dir", "another --out")) from None
         raise
+    except FloatingPointError as exc:  # diverged: the last finite checkpoint is kept
+        print(f"fastncsn: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as exc:  # saved; 143 (SIGTERM) / 130 (SIGINT), said even with --quiet
+        print(f"fastncsn: {exc}", file=sys.stderr)
+        return exc.exit_code
     print(f"fastncsn: trained {type(model).__name__} to step {model.train_step} of {recipe['steps']}; "
           f"checkpoints in {a.out}")
 
@@ -322,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"EMA rate of the weights, e.g. 0.999; 0 turns it off (default: {cpu['ema_rate']:g} for digits "
                         f"on a CPU, else {gen['ema_rate'] or 'off'}); sampling from a checkpoint uses the EMA weights when present")
     t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--keep-last", type=int, default=3)
+    t.add_argument("--keep-last", type=int, default=3, help="checkpoints of this run to keep, >= 1 (default 3)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device")
     t.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
@@ -336,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay the whole training step (draws, forward, backward, Adam, EMA) from one CUDA graph "
                         "(default: off until measured on a GPU; on the CPU the same step runs eagerly)")
     t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars to DIR (needs tensorboard)")
-    t.add_argument("--no-resume", action="store_true", help="start afresh even if --out has checkpoints")
+    t.add_argument("--no-resume", action="store_true",
+                   help="start a new run; refused when --out already holds checkpoints (choose another --out)")
+    t.add_argument("--allow-changed-settings", action="store_true",
+                   help="resume although --lr, --batch-size, --data, --ema, --seed or the noise ladder differ from "
+                        "the checkpoint's (default: refused); the new values apply and the change is recorded")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 

@@ -108,12 +108,15 @@ def test_sigkill_then_rerun_resumes(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_and_exits(tmp_path):
     out = str(tmp_path / "run")
-    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, out, "100000"], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, out, "100000"], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not os.path.exists(os.path.join(out, "train_log.jsonl")):
+    log = os.path.join(out, "train_log.jsonl")  # (created empty by the up-front write check: wait for a record)
+    while time.time() < deadline and not (os.path.exists(log) and os.path.getsize(log)):
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    assert proc.wait(timeout=60) != 0  # saved, then TrainingInterrupted: a scheduler sees the run did not finish
+    assert "TrainingInterrupted: training interrupted by SIGTERM" in proc.stderr.read()
     last_logged = [json.loads(x)["step"] for x in open(os.path.join(out, "train_log.jsonl"))][-1]
     assert torch.load(find_checkpoints(out)[0], weights_only=False)["step"] == last_logged

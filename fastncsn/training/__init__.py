@@ -12,6 +12,7 @@ Modules:
 * :mod:`.fast`    -- the fast options (bf16, fused CIN++, channels-last, regional compile, fused Adam);
 * :mod:`.build`   -- the run's set-up: data, model, optimizer, EMA, generators (:class:`Run`);
 * :mod:`.resume`  -- checkpoint discovery, saving and exact resumption;
+* :mod:`.failures` -- :class:`TrainingInterrupted`, the divergence guard, the ``out_dir`` write check;
 * :mod:`.log`     -- JSON-lines log, TensorBoard, progress bar and step timing;
 * :mod:`.ema`     -- :class:`EMA`;
 * :mod:`.recipes` -- :data:`CPU_DIGITS_RECIPE`, :data:`GENERIC_RECIPE`, :func:`default_recipe`,
@@ -30,7 +31,7 @@ _PUBLIC = {
     "default_recipe": "recipes", "describe_recipe": "recipes",
     "PRECISIONS": "fast", "resolve_fast_options": "fast", "prepare_fast_model": "fast",
     "release_fast_model": "fast", "make_optimizer": "fast", "make_capturable": "fast",
-    "GraphTrainStep": "graph_step", "IntervalLoss": "graph_step",
+    "GraphTrainStep": "graph_step", "IntervalLoss": "graph_step", "TrainingInterrupted": "failures",
 }
 
 __all__ = list(_PUBLIC)

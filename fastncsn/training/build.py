@@ -72,7 +72,7 @@ class Run:
     step: int = 0
 
 
-def check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir) -> None:
+def check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir, keep_last=None) -> None:
     """ValueError naming the first bad one of ``train``'s plain arguments."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
@@ -82,6 +82,8 @@ def check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir) ->
         raise ValueError(f"lr: expected > 0, got {lr!r}")
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every: expected an int >= 1, got {checkpoint_every!r}")
+    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
+        raise ValueError(f"keep_last: expected an int >= 1 (or None: keep every checkpoint), got {keep_last!r}")
     if tensorboard_dir is not None and not isinstance(tensorboard_dir, (str, os.PathLike)):
         raise ValueError(f"tensorboard_dir: expected None or a directory path, got {tensorboard_dir!r}")
 

@@ -16,7 +16,34 @@ from typing import Optional
 
 import torch
 
-__all__ = ["TrainLog", "open_tensorboard"]
+__all__ = ["LOG_NAME", "TrainLog", "open_tensorboard", "trim_log"]
+
+LOG_NAME = "train_log.jsonl"
+
+
+def trim_log(path: str, step: int) -> int:
+    """Drop the records of ``path`` past ``step`` (and a torn last line): a run resumed from an older
+    checkpoint logs those steps again.  Rewritten atomically; returns the number of lines dropped."""
+    if not os.path.isfile(path):
+        return 0
+    keep, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                ok = line.endswith("\n") and int(rec.get("step", 0)) <= step
+            except (ValueError, TypeError, AttributeError):
+                ok = False
+            if ok:
+                keep.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return dropped
 
 
 def open_tensorboard(log_dir):
@@ -53,7 +80,10 @@ class TrainLog:
                  tensorboard_dir, progress: bool):
         self.run, self.steps, self.batch_size, self.log_every = run, steps, batch_size, log_every
         main = run.rank == 0
-        self.file = open(os.path.join(out_dir, "train_log.jsonl"), "a") if out_dir is not None and main else None
+        self.file = None
+        if out_dir is not None and main:
+            trim_log(os.path.join(out_dir, LOG_NAME), run.step)
+            self.file = open(os.path.join(out_dir, LOG_NAME), "a")
         self.board = open_tensorboard(tensorboard_dir) if tensorboard_dir is not None and main else None
         self.bar = None
         if progress and main:
@@ -62,6 +92,12 @@ class TrainLog:
         self.on_cuda = run.device.type == "cuda"
         self.t_step = self.t_mark = None
         self.step_mark, self.first_ms, self.startup_s = run.step, None, None
+
+    def event(self, **rec) -> None:
+        """One JSON line that is not a step record (e.g. ``event="settings_changed"``)."""
+        if self.file is not None:
+            self.file.write(json.dumps(dict(rec, step=self.run.step)) + "\n")
+            self.file.flush()
 
     def step_started(self) -> None:
         self.t_step = time.perf_counter()

@@ -16,10 +16,11 @@ from typing import Optional
 import torch
 
 from .build import Run, build_run, check_arguments
+from .failures import DivergenceGuard, TrainingInterrupted, check_out_dir
 from .fast import release_fast_model
 from .graph_step import GraphTrainStep
-from .log import TrainLog
-from .resume import restore, save_run
+from .log import LOG_NAME, TrainLog
+from .resume import check_fresh_start, new_run_id, restore, save_run
 from .step import dsm_step
 
 __all__ = ["train"]
@@ -78,9 +79,10 @@ class _Plan:
     anneal_power: float
     out_dir: Optional[str]
     checkpoint_every: int
-    keep_last: int
+    keep_last: Optional[int]
     progress: bool
     graph: bool = False
+    allow_changed_settings: bool = False
 
 
 def _graph_step(run: Run, plan: _Plan) -> Optional[GraphTrainStep]:
@@ -95,21 +97,24 @@ def _graph_step(run: Run, plan: _Plan) -> Optional[GraphTrainStep]:
                           anneal_power=plan.anneal_power, grad_clip=plan.grad_clip, device=run.device)
 
 
-def _prepare_out_dir(run: Run, plan: _Plan, resume: bool) -> None:
-    """Create ``out_dir`` (rank 0) and resume from its newest valid checkpoint when asked."""
+def _prepare_out_dir(run: Run, plan: _Plan, resume: bool) -> dict:
+    """Create ``out_dir`` (rank 0) and resume from its newest valid checkpoint when asked;
+    returns the settings changed on resume (``{name: [old, new]}``)."""
     if plan.out_dir is None:
-        return
+        return {}
     if run.rank == 0:
         os.makedirs(plan.out_dir, exist_ok=True)
     if run.distributed:
         torch.distributed.barrier()
     if resume:
-        restore(run, plan.out_dir, plan.progress)
+        return restore(run, plan.out_dir, plan.progress, plan.allow_changed_settings)
+    return {}
 
 
-def _save(run: Run, plan: _Plan) -> None:
+def _save(run: Run, plan: _Plan) -> Optional[str]:
     if plan.out_dir is not None and run.rank == 0:  # only rank 0 writes checkpoints and logs
-        save_run(run, plan.out_dir, plan.keep_last)
+        return save_run(run, plan.out_dir, plan.keep_last)
+    return None
 
 
 def _set_warmup_lr(run: Run, plan: _Plan) -> None:
@@ -118,9 +123,11 @@ def _set_warmup_lr(run: Run, plan: _Plan) -> None:
             group["lr"] = plan.lr * min(1.0, (run.step + 1) / plan.warmup_steps)
 
 
-def _run_steps(run: Run, plan: _Plan, log: TrainLog) -> None:
-    """Steps from ``run.step`` to ``plan.steps`` with checkpoints; stops cleanly on SIGTERM/SIGINT."""
+def _run_steps(run: Run, plan: _Plan, log: TrainLog) -> Optional[tuple]:
+    """Steps from ``run.step`` to ``plan.steps`` with checkpoints; stops at the first non-finite loss
+    (FloatingPointError, nothing saved) and cleanly on SIGTERM/SIGINT: returns ``(signal, checkpoint)`` then."""
     graph_step = _graph_step(run, plan)
+    guard = DivergenceGuard(run.device, interval=graph_step is not None)
     with _StopFlag() as stop:
         while run.step < plan.steps:
             log.step_started()
@@ -135,15 +142,16 @@ def _run_steps(run: Run, plan: _Plan, log: TrainLog) -> None:
                                channels_last=run.fast and run.device.type == "cuda", anneal_power=plan.anneal_power,
                                optimizer=run.optimizer, grad_clip=plan.grad_clip, ema=run.ema)
             run.step += 1
+            guard.step_done(out, run.step)
             log.step_done(out)
             if run.step % plan.checkpoint_every == 0 or run.step == plan.steps:
+                guard.check(out, run.step)
                 _save(run, plan)
                 log.pause()  # checkpoint writing is not step time
             if stop.signal is not None:  # (with several processes, each rank gets the signal)
-                _save(run, plan)
-                if plan.progress:
-                    print(f"\nfastncsn: stopped by signal {stop.signal} at step {run.step}; checkpoint saved")
-                break
+                guard.check(out, run.step)
+                return stop.signal, _save(run, plan)
+    return None
 
 
 def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: int = 128, lr: float = 1e-3,
@@ -153,7 +161,8 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
           schedule: str = "geometric", root: Optional[str] = None, log_every: int = 10,
           grad_clip: Optional[float] = None, warmup_steps: int = 0, anneal_power: float = 2.0,
           extra: Optional[dict] = None, fast: Optional[bool] = None, precision: Optional[str] = None,
-          compile=None, tensorboard_dir: Optional[str] = None, graph: bool = False):
+          compile=None, tensorboard_dir: Optional[str] = None, graph: bool = False,
+          allow_changed_settings: bool = False):
     """Train a noise-conditional score network with DSM (seed 003 eq. 5-6) on the CPU or a GPU.
 
     The reference NCSN recipe (Adam lr 1e-3, betas (0.9, 0.999), batch 128, DSM with
@@ -172,9 +181,15 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
             embedded digits), or a torch Dataset of ``(image, label)``.
         steps: total optimizer steps (a resumed run continues up to this).
         out_dir: where checkpoints and ``train_log.jsonl`` go (None: nothing is saved).
-        checkpoint_every / keep_last: checkpoint period and how many to keep.
+        checkpoint_every / keep_last: checkpoint period and how many of this run's checkpoints
+            to keep (an int >= 1, or None: all); other runs' files are never removed.
         ema_rate: keep an EMA of the weights at this rate (e.g. 0.999).
-        resume: continue from the newest valid checkpoint in ``out_dir``.
+        resume: continue from the newest valid checkpoint in ``out_dir`` (False refuses an
+            ``out_dir`` that already holds checkpoints: ValueError, before any step).
+        allow_changed_settings: resume although lr, batch size, data, EMA rate, seed, grad
+            clipping, warm-up, anneal power or the noise ladder differ from the checkpoint's
+            (default: ValueError listing them); the new values apply and the change is
+            recorded in the checkpoints (``extra["settings_changes"]``) and the log.
         grad_clip: clip the gradient norm to this value.
         warmup_steps: linear learning-rate warm-up.
         fast: the fast options of :mod:`fastncsn.training.fast` (None: on CUDA only);
@@ -206,28 +221,44 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
 
     Returns:
         the trained model (raw weights; the EMA is in the checkpoints), in eval
-        mode, with the step it reached as ``model.train_step`` (less than
-        ``steps`` when a signal stopped the run).
+        mode, with the step it reached as ``model.train_step``.
+
+    Raises:
+        TrainingInterrupted: SIGTERM/SIGINT stopped the run after saving a checkpoint of
+            its step (``exit_code`` 143 / 130; rerun the same call to resume).
+        FloatingPointError: a non-finite loss (step and levels named); no checkpoint of
+            non-finite weights is written, the last finite one is kept.
+        ValueError: bad arguments, an unwritable ``out_dir``, a fresh start into another
+            run's ``out_dir``, or changed settings on resume -- all before any step.
     """
-    check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir)
+    check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir, keep_last)
     if not isinstance(graph, bool):
         raise ValueError(f"graph: expected True or False, got {graph!r}")
+    if out_dir is not None:
+        check_out_dir(out_dir, LOG_NAME)
+        if not resume:
+            check_fresh_start(out_dir)
     run = build_run(model_or_config, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed,
                     device=device, root=root, ngf=ngf, num_levels=num_levels, sigma_1=sigma_1, sigma_L=sigma_L,
                     schedule=schedule, fast=fast, precision=precision, compile=compile, extra=extra)
     plan = _Plan(steps=steps, lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip, anneal_power=anneal_power,
                  out_dir=out_dir, checkpoint_every=checkpoint_every, keep_last=keep_last, progress=progress,
-                 graph=graph)
+                 graph=graph, allow_changed_settings=allow_changed_settings)
+    run.meta.update(run_id=new_run_id(), grad_clip=grad_clip, warmup_steps=warmup_steps, anneal_power=anneal_power)
     try:
-        _prepare_out_dir(run, plan, resume)
+        changes = _prepare_out_dir(run, plan, resume)
         log = TrainLog(run, steps, batch_size, log_every, out_dir, tensorboard_dir, progress)
         try:
-            _run_steps(run, plan, log)
+            if changes:
+                log.event(event="settings_changed", changes=changes)
+            stopped = _run_steps(run, plan, log)
         finally:
             log.close()
     finally:
         if run.fast:
             release_fast_model(run.model)
+    if stopped is not None:
+        raise TrainingInterrupted(stopped[0], run.step, steps, stopped[1])
     run.model.eval()
     run.model.train_step = run.step
     return run.model
