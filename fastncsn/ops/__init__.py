@@ -11,7 +11,8 @@ Layout::
 
 Importing this package touches neither CUDA nor triton nor the extension.
 """
-from .cond_instance_norm import ACTIVATIONS, CIN_EPS, cond_instance_norm_plus, cond_instance_norm_plus_ref
+from .cond_instance_norm import (ACTIVATIONS, CIN_EPS, add_cond_instance_norm_plus, add_cond_instance_norm_plus_ref,
+                                 cond_instance_norm_plus, cond_instance_norm_plus_ref)
 from .dispatch import AUTO_PREFERENCE, BACKENDS, BackendUnavailableError, available_backends, resolve_backend
 from .langevin import langevin_noise_counters, langevin_noise_ref, langevin_step_, langevin_step_ref
 
@@ -20,6 +21,8 @@ __all__ = [
     "langevin_step_",
     "langevin_noise_counters",
     "cond_instance_norm_plus_ref",
+    "add_cond_instance_norm_plus",
+    "add_cond_instance_norm_plus_ref",
     "langevin_step_ref",
     "langevin_noise_ref",
     "CIN_EPS",
