@@ -203,6 +203,24 @@ def test_network_switch_torch_forward_and_backward(one_thread):
         torch.testing.assert_close(grads_on[k], grads_off[k], rtol=1e-3, atol=1e-4, msg=k)
 
 
+def test_ncsnv2_switch_same_output(one_thread):
+    """NCSNv2: unconditional norms (InstanceNorm2dPlus) in the residual blocks, none in the RCUs."""
+    from fastncsn.models import NCSNv2
+    from fastncsn.nn import set_fused_glue
+    torch.manual_seed(0)
+    net = NCSNv2(image_size=8, channels=1, ngf=4, num_levels=3, backend="torch").eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.5, 0.5)
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 2])
+    with torch.no_grad():
+        off = net(x, y)
+        set_fused_glue(net, True)
+        on = net(x, y)
+    torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-4)
+
+
 def test_network_switch_triton_forward(one_thread):
     """The fused network on the Triton norms (interpreter) against the unfused network on the
     reference; forward only, to keep the interpreter run short (the fused forms' backward is
