@@ -138,6 +138,23 @@ def test_cuda_backend_refuses_fused_forms(form):
         _fast(x, r, b, y, w, None, backend="cuda")
 
 
+def test_auto_never_picks_cuda_for_fused_forms():
+    from fastncsn.ops import AUTO_PREFERENCE
+    assert "cuda" not in AUTO_PREFERENCE["cond_instance_norm_plus_glue"]
+    assert AUTO_PREFERENCE["cond_instance_norm_plus_glue"][0] == "triton"
+
+
+@pytest.mark.gpu
+def test_gpu_auto_runs_fused_forms_on_triton():
+    fast_backend("triton")
+    x, r, b, y, w, _, _ = _inputs((2, 3, 4, 4), "both", torch.float32, False)
+    assert ops.resolve_backend("auto", x.device, "cond_instance_norm_plus_glue") == "triton"
+    s, out = add_cond_instance_norm_plus(x, r, y, w, activation="elu", bias=b)      # auto
+    s_ref, out_ref = add_cond_instance_norm_plus_ref(x, r, y, w, activation="elu", bias=b)
+    assert torch.equal(s, s_ref)
+    torch.testing.assert_close(out, out_ref, **TOL[torch.float32])
+
+
 def test_bad_glue_args_name_the_argument():
     x, r, b, y, w, _, _ = _inputs((2, 3, 4, 4), "both", torch.float32, False, device="cpu")
     for backend in ("torch", "triton"):
