@@ -5,6 +5,7 @@ Layout::
     dispatch.py            backends ("auto" | "triton" | "cuda" | "torch"), availability, the auto choice
     common.py              helpers shared by the op files and both fast backends
     cond_instance_norm.py  CIN++: reference, argument checks, public function, torch.library ops, autograd
+                           (and the glue fused into it: bias=, add_cond_instance_norm_plus)
     langevin.py            the Langevin step: Philox reference, argument checks, public function, op
     triton/                Triton kernels (imported only when the "triton" backend is used)
     cuda.py                wrappers of the CUDA extension fastncsn._C (built from csrc/)

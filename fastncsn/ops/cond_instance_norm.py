@@ -90,8 +90,8 @@ def check_glue_args(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Opt
     """Check the fused-glue arguments (after ``check_cin_args``): ``residual`` like ``x``, ``bias`` ``[C]``."""
     if residual is not None:
         if not isinstance(residual, torch.Tensor) or residual.shape != x.shape:
-            raise ValueError(f"residual: expected a tensor of x's shape {tuple(x.shape)}, got "
-                             f"{tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__}")
+            got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__
+            raise ValueError(f"residual: expected a tensor of x's shape {tuple(x.shape)}, got {got}")
         if residual.dtype != x.dtype:
             raise TypeError(f"residual: expected x's dtype {x.dtype}, got {residual.dtype}")
     if bias is not None:
