@@ -7,6 +7,13 @@ Records (``extra_info``): op, backend, shape, dtype, gb_per_s of the bytes the o
 move (forward: read x + write out; backward: read x, dy + write dx),
 bandwidth_fraction of the device copy bandwidth measured in the same run, reference_ms.
 
+Glue fusion (issue 15 item 3; ``op`` ``cin_glue_fwd``): ``test_cin_glue_fwd`` times the fused bias fold
+(``cond_instance_norm_plus(..., bias=)``) and the fused residual add (``add_cond_instance_norm_plus``)
+on Triton (``triton-glue``) against the unfused composition on Triton (``triton-unfused``: the
+add, then the norm) and the eager reference composition (``reference_ms``); ``bytes_moved`` is the
+fused op's minimum traffic (bias: read x, write out; residual: read x and r, write s and out).
+The prediction it tests is in benchmarks/NOTES.md.
+
 Backends: ``triton`` (the backend's function, its own plan), ``cuda`` (the op, automatic plan), ``triton-fused``,
 ``triton-split``, ``cuda-fused``, ``cuda-split`` (launch plans forced, to tune the
 plan choice), ``reference`` (eager ``fastncsn.ops.cond_instance_norm_plus_ref``) and
@@ -144,3 +151,44 @@ def test_network_forward(benchmark, copy_gbps, reference_ms_cache, config, n, ba
         ms = record(benchmark, lambda: net(x, y), op="network_forward", backend=backend, shape=x.shape,
                     dtype=torch.bfloat16, bytes_moved=None, copy_gbps=copy_gbps, reference_ms=ref_ms, rounds=10)
     benchmark.extra_info["images_per_s"] = n / (ms * 1e-3)
+
+
+# --------------------------------------------------------------------------- glue fusion (issue 15 item 3)
+
+GLUE_FORMS = ("bias", "residual")
+
+
+def _glue_fn(backend, form, x, r, b, y, w):
+    """One forward of the fused glue form: fused Triton op, unfused Triton composition, or eager reference."""
+    from fastncsn.ops import add_cond_instance_norm_plus, add_cond_instance_norm_plus_ref, cond_instance_norm_plus
+    if backend == "triton-glue":
+        if form == "bias":
+            return lambda: cond_instance_norm_plus(x, y, w, activation="elu", bias=b, backend="triton")
+        return lambda: add_cond_instance_norm_plus(x, r, y, w, activation="elu", backend="triton")
+    if backend == "triton-unfused":
+        if form == "bias":
+            return lambda: cond_instance_norm_plus(x + b[None, :, None, None], y, w, activation="elu",
+                                                   backend="triton")
+        return lambda: cond_instance_norm_plus(x + r, y, w, activation="elu", backend="triton")
+    if form == "bias":
+        return lambda: cond_instance_norm_plus_ref(x, y, w, activation="elu", bias=b)
+    return lambda: add_cond_instance_norm_plus_ref(x, r, y, w, activation="elu")
+
+
+@pytest.mark.parametrize("backend", ["triton-glue", "triton-unfused"])
+@pytest.mark.parametrize("form", GLUE_FORMS)
+@pytest.mark.parametrize("dtype,channels_last", FORMATS, ids=["bf16-cl", "fp32-nchw"])
+@pytest.mark.parametrize("config,c,h", [layer for layer in LAYERS if layer[0] == "mnist"],
+                         ids=lambda v: v if isinstance(v, str) else str(v))
+def test_cin_glue_fwd(benchmark, copy_gbps, reference_ms_cache, config, c, h, dtype, channels_last, form, backend):
+    need_backend(backend)
+    shape = (1000, c, h, h)
+    x, y, w, r = _cin_inputs(shape, dtype, channels_last)
+    b = torch.randn(c, device="cuda")
+    with torch.no_grad():
+        ref_ms = reference_ms(reference_ms_cache, ("cin_glue_fwd", form, shape, dtype, channels_last),
+                              _glue_fn("reference", form, x, r, b, y, w))
+        record(benchmark, _glue_fn(backend, form, x, r, b, y, w), op="cin_glue_fwd", backend=backend, shape=shape,
+               dtype=dtype, bytes_moved=(2 if form == "bias" else 4) * x.numel() * x.element_size(),
+               copy_gbps=copy_gbps, reference_ms=ref_ms, form=form,
+               layout="channels_last" if channels_last else "nchw")

@@ -16,7 +16,8 @@ def _state(shape=(3, 2, 4, 4), seed=0):
 
 def test_backend_names():
     assert ops.BACKENDS == ("auto", "triton", "cuda", "torch")
-    assert set(ops.AUTO_PREFERENCE) == {"cond_instance_norm_plus", "langevin_step_", "avg_pool5x5"}
+    assert set(ops.AUTO_PREFERENCE) == {"cond_instance_norm_plus", "cond_instance_norm_plus_glue", "langevin_step_",
+                                        "avg_pool5x5"}
     from fastncsn.cli import build_parser
     for name in ops.BACKENDS:                                   # the CLI takes its choices from dispatch
         assert build_parser().parse_args(["sample", "--backend", name]).backend == name

@@ -70,10 +70,12 @@ def compile_sm90(kernel, types, consts, num_warps):
 ints = dict.fromkeys(["C", "HW", "stride_n", "stride_c", "w_stride", "chans_per_prog", "dw_stride",
                       "numel", "per_sample"], "i32")
 flow = dict(HAS_BETA=True, ELU=True, ONE_TILE=False, BLOCK_M=256, ACC=tl.float32)
-compile_sm90(cin._cin_fwd_kernel,
-             dict(ints, x_ptr="*bf16", out_ptr="*bf16", level_ptr="*i64", w_ptr="*fp32", mu_ptr="*fp32",
-                  rstd_ptr="*fp32", eps="fp32"),
-             dict(flow, stride_p=1, STATS=True, APPLY=True, BLOCK_C=8, BLOCK_P=1024), 8)
+for glue in (False, True):      # plain, and the fused residual add + folded bias
+    compile_sm90(cin._cin_fwd_kernel,
+                 dict(ints, x_ptr="*bf16", out_ptr="*bf16", r_ptr="*bf16", s_ptr="*bf16", b_ptr="*fp32",
+                      level_ptr="*i64", w_ptr="*fp32", mu_ptr="*fp32", rstd_ptr="*fp32", eps="fp32"),
+                 dict(flow, stride_p=1, STATS=True, APPLY=True, BLOCK_C=8, BLOCK_P=1024,
+                      HAS_RESIDUAL=glue, HAS_BIAS=glue), 8)
 compile_sm90(cin._cin_bwd_kernel,
              dict(ints, x_ptr="*bf16", dy_ptr="*bf16", dx_ptr="*bf16", level_ptr="*i64", w_ptr="*fp32",
                   mu_ptr="*fp32", rstd_ptr="*fp32", s_ptr="*fp32", p_ptr="*fp32", dw_ptr="*fp32",

@@ -83,6 +83,12 @@ def _cin_launches():
         stats = torch.empty(n, c)
         cin.launch_cin_fwd(x, levels, weight, 1e-5, activation, split=split)
         cin.launch_cin_bwd(torch.empty_like(x), x, levels, weight, stats, stats, 1e-5, activation, split=split)
+        # the fused glue (issue 15 item 3) as the network uses it (ELU, beta): residual add, folded bias
+        # (fp32 conv bias), both
+        if activation == "elu" and k == 3:
+            for residual, bias in ((torch.empty_like(x), None), (None, torch.empty(c)),
+                                   (torch.empty_like(x), torch.empty(c))):
+                cin.launch_cin_glue_fwd(x, residual, bias, levels, weight, 1e-5, activation, split=split)
     return calls
 
 

@@ -51,6 +51,24 @@ def set_fused_pool(module: nn.Module, enabled: bool = True, backend: str = "auto
     return module
 
 
+def set_fused_glue(module: nn.Module, enabled: bool = True) -> None:
+    """Switch the glue fusion (issue 15 item 3) of every block in ``module`` on or off.
+
+    On: ``ResidualBlock`` runs ``conv1`` without its bias and folds the bias into
+    ``normalize2`` (``CIN++(conv(x) + b)`` without writing ``conv(x) + b``), and ``RCUBlock``
+    fuses the skip add that ends one of its blocks into the first norm of the next
+    (``s, out = norm.forward_add(x, residual)``).  Off (the default): the unfused modules.
+    The flag is a plain attribute (``fuse_glue``): parameters, state-dict keys and the
+    model config do not change.  Fused forms run on the ``torch`` and ``triton`` backends;
+    a norm set to ``backend="cuda"`` raises ``BackendUnavailableError`` with the switch on.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected True or False, got {enabled!r}")
+    for m in module.modules():
+        if isinstance(m, (ResidualBlock, RCUBlock)):
+            m.fuse_glue = enabled
+
+
 def _conv3x3(cin: int, cout: int, bias: bool, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=1, padding=dilation, dilation=dilation, bias=bias)
 
@@ -113,10 +131,16 @@ class ResidualBlock(nn.Module):
                 self.shortcut = (_conv3x3(input_dim, output_dim, bias=True, dilation=d) if dilation
                                  else nn.Conv2d(input_dim, output_dim, 1, bias=True))
         self.normalize1 = norm(input_dim)
+        self.fuse_glue = False
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(_norm_act(self.normalize1, x, y))
-        h = self.conv2(_norm_act(self.normalize2, h, y))
+        if self.fuse_glue:      # conv1's bias folded into normalize2 (same parameters)
+            c = self.conv1
+            h = F.conv2d(_norm_act(self.normalize1, x, y), c.weight, None, c.stride, c.padding, c.dilation, c.groups)
+            h = self.normalize2(h, y, activation="elu", bias=c.bias)
+        else:
+            h = _norm_act(self.normalize2, self.conv1(_norm_act(self.normalize1, x, y)), y)
+        h = self.conv2(h)
         shortcut = self.shortcut(x) if hasattr(self, "shortcut") else x
         return shortcut + h
 
@@ -132,14 +156,26 @@ class RCUBlock(nn.Module):
                 if norm is not None:
                     setattr(self, f"{i}_{j}_norm", norm(features))
                 setattr(self, f"{i}_{j}_conv", _conv3x3(features, features, bias=False))
+        self.fuse_glue = False
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pending = None      # fused: the skip add of the previous block, done by this block's first norm
         for i in range(1, self.n_blocks + 1):
+            first = getattr(self, f"{i}_1_norm", None)
+            if pending is not None:
+                x, h = first.forward_add(x, pending, y, activation="elu")
+                pending = None
+            else:
+                h = _norm_act(first, x, y)
             residual = x
             for j in range(1, self.n_stages + 1):
-                x = _norm_act(getattr(self, f"{i}_{j}_norm", None), x, y)
-                x = getattr(self, f"{i}_{j}_conv")(x)
-            x = x + residual
+                if j > 1:
+                    h = _norm_act(getattr(self, f"{i}_{j}_norm", None), h, y)
+                h = getattr(self, f"{i}_{j}_conv")(h)
+            if self.fuse_glue and i < self.n_blocks and first is not None:
+                x, pending = h, residual
+            else:
+                x = h + residual
         return x
 
 

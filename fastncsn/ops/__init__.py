@@ -5,6 +5,7 @@ Layout::
     dispatch.py            backends ("auto" | "triton" | "cuda" | "torch"), availability, the auto choice
     common.py              helpers shared by the op files and both fast backends
     cond_instance_norm.py  CIN++: reference, argument checks, public function, torch.library ops, autograd
+                           (and the glue fused into it: bias=, add_cond_instance_norm_plus)
     langevin.py            the Langevin step: Philox reference, argument checks, public function, op
     avg_pool.py            the 5x5 stride-1 average pool of the chained residual pooling (same parts)
     triton/                Triton kernels (imported only when the "triton" backend is used)
@@ -13,7 +14,8 @@ Layout::
 Importing this package touches neither CUDA nor triton nor the extension.
 """
 from .avg_pool import avg_pool5x5, avg_pool5x5_ref
-from .cond_instance_norm import ACTIVATIONS, CIN_EPS, cond_instance_norm_plus, cond_instance_norm_plus_ref
+from .cond_instance_norm import (ACTIVATIONS, CIN_EPS, add_cond_instance_norm_plus, add_cond_instance_norm_plus_ref,
+                                 cond_instance_norm_plus, cond_instance_norm_plus_ref)
 from .dispatch import AUTO_PREFERENCE, BACKENDS, BackendUnavailableError, available_backends, resolve_backend
 from .langevin import langevin_noise_counters, langevin_noise_ref, langevin_step_, langevin_step_ref
 
@@ -24,6 +26,8 @@ __all__ = [
     "avg_pool5x5",
     "avg_pool5x5_ref",
     "cond_instance_norm_plus_ref",
+    "add_cond_instance_norm_plus",
+    "add_cond_instance_norm_plus_ref",
     "langevin_step_ref",
     "langevin_noise_ref",
     "CIN_EPS",

@@ -4,6 +4,11 @@
   reference NCSN code computes it; ``cin_plus_bwd_ref`` its backward in closed form;
 * ``check_cin_args`` -- the argument checks of every backend;
 * ``cond_instance_norm_plus`` -- the public op with backend dispatch;
+* the glue fused into it (issue 15 item 3): ``bias=`` folds a per-channel bias added to the
+  input (a conv's bias) into the norm, and ``add_cond_instance_norm_plus`` normalises the
+  sum of two tensors and also returns the sum (a fused residual add); their references are
+  the plain compositions (``cond_instance_norm_plus_ref(x, ..., bias=b)``,
+  ``add_cond_instance_norm_plus_ref``), and ``fastncsn::cin_plus_glue_fwd`` is their op;
 * the ``torch.library`` registration: the custom ops ``fastncsn::cin_plus_fwd`` and
   ``fastncsn::cin_plus_bwd`` of the Triton backend (the Triton launch as the CUDA kernel,
   a CPU kernel, a fake kernel and autograd), and the fake kernels and the autograd shared
@@ -13,6 +18,12 @@ Schemas (``level_index`` is the ``[N]`` noise-level index, called ``level`` in t
 
     fastncsn::cin_plus_fwd(x, level_index, weight, eps, activation) -> (out, mu, rstd)
     fastncsn::cin_plus_bwd(grad_out, x, level_index, weight, mu, rstd, eps, activation) -> (grad_x, grad_weight)
+    fastncsn::cin_plus_glue_fwd(x, residual?, bias?, level_index, weight, eps, activation) -> (sum, out, mu, rstd)
+
+The glue op normalises ``z = (x + residual) + bias`` (``sum = x + residual``, an empty tensor
+without a residual; ``mu``/``rstd`` are ``z``'s); its backward recomputes ``z`` and reuses
+``cin_plus_bwd``.  Only the Triton backend (and the reference) have it: the CUDA extension's
+``backend="cuda"`` raises ``BackendUnavailableError`` for the fused forms.
 
 Fake kernels and autograd make ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``
 work with the ops on any device.  (``torch.library.triton_op`` would be more transparent to
@@ -29,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .common import acc_dtype, check_same_device, cpu_runs_triton, dense_format, require
-from .dispatch import backend_module, resolve_backend
+from .dispatch import BackendUnavailableError, backend_module, resolve_backend
 
 __all__ = [
     "CIN_EPS",
@@ -37,6 +48,10 @@ __all__ = [
     "check_cin_args",
     "cond_instance_norm_plus",
     "cond_instance_norm_plus_ref",
+    "add_cond_instance_norm_plus",
+    "add_cond_instance_norm_plus_ref",
+    "check_glue_args",
+    "run_glue_forward",
     "cin_plus_bwd_ref",
     "cin_fwd_fake",
     "cin_bwd_fake",
@@ -71,8 +86,25 @@ def check_cin_args(x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor,
     return c
 
 
+def check_glue_args(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> None:
+    """Check the fused-glue arguments (after ``check_cin_args``): ``residual`` like ``x``, ``bias`` ``[C]``."""
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or residual.shape != x.shape:
+            got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__
+            raise ValueError(f"residual: expected a tensor of x's shape {tuple(x.shape)}, got {got}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual: expected x's dtype {x.dtype}, got {residual.dtype}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (x.shape[1],):
+            raise ValueError(f"bias: expected a tensor of shape [{x.shape[1]}] (one value per channel), got "
+                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+        if not bias.is_floating_point():
+            raise TypeError(f"bias: expected a floating-point tensor, got {bias.dtype}")
+
+
 def cond_instance_norm_plus_ref(x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor,
-                                eps: float = CIN_EPS, activation: Optional[str] = None) -> torch.Tensor:
+                                eps: float = CIN_EPS, activation: Optional[str] = None,
+                                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Conditional instance normalisation++ as the reference NCSN code computes it.
 
     With ``mu[n, c]`` the spatial mean of channel ``c``, ``s[n, c]`` its (biased)
@@ -102,11 +134,16 @@ def cond_instance_norm_plus_ref(x: torch.Tensor, level: torch.Tensor, weight: to
             (``gamma | alpha``, no bias: the reference's ``bias=False``).
         eps: variance epsilon (1e-5 in the reference).
         activation: ``None`` or ``"elu"`` applied to the output.
+        bias: optional ``[C]`` added to ``x`` first (in ``x``'s dtype): the composition
+            ``CIN++(x + bias)`` that the fused backends compute without writing ``x + bias``.
 
     Returns:
         ``[N, C, H, W]`` tensor of ``x``'s dtype.
     """
     c = check_cin_args(x, level, weight, activation)
+    if bias is not None:
+        check_glue_args(x, None, bias)
+        x = x + bias.to(x.dtype)[None, :, None, None]
     xf = x.float()
     mu = xf.mean(dim=(2, 3))                                   # [N, C]
     var = xf.var(dim=(2, 3), unbiased=False)                   # [N, C]
@@ -129,21 +166,84 @@ def cond_instance_norm_plus_ref(x: torch.Tensor, level: torch.Tensor, weight: to
 
 def cond_instance_norm_plus(x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor,
                             eps: float = CIN_EPS, activation: Optional[str] = None,
-                            backend: str = "auto") -> torch.Tensor:
-    """Conditional instance norm++ with an optional fused activation.
+                            backend: str = "auto", bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Conditional instance norm++ with an optional fused activation and folded input bias.
 
     Shapes: ``x`` ``[N, C, H, W]`` (NCHW or channels-last), ``level``
-    ``[N]`` int64, ``weight`` ``[L, 3C]`` (gamma | alpha | beta) or ``[L, 2C]``.
+    ``[N]`` int64, ``weight`` ``[L, 3C]`` (gamma | alpha | beta) or ``[L, 2C]``,
+    ``bias`` (optional) ``[C]``: the op is then ``CIN++(x + bias)`` (the bias of the conv
+    that produced ``x``, folded into the norm: ``x + bias`` is never written).
     Formula: see ``cond_instance_norm_plus_ref`` (NCSN appendix A, as the
-    reference code computes it).  Differentiable with respect to ``x`` and
-    ``weight`` on every backend.  ``backend``: "auto" | "triton" | "cuda" | "torch"
-    (see ``fastncsn.ops.resolve_backend``).
+    reference code computes it).  Differentiable with respect to ``x``,
+    ``weight`` and ``bias`` on every backend.  ``backend``: "auto" | "triton" | "cuda" | "torch"
+    (see ``fastncsn.ops.resolve_backend``; with ``bias`` "cuda" raises and "auto" never picks it).
     """
+    if bias is not None:
+        return _glue(x, None, bias, level, weight, eps, activation, backend)[1]
     b = resolve_backend(backend, x.device, "cond_instance_norm_plus")
     if b == "torch":
         return cond_instance_norm_plus_ref(x, level, weight, eps, activation)
     mod, _ = backend_module(b)
     return mod.cond_instance_norm_plus(x, level, weight, eps, activation)
+
+
+def add_cond_instance_norm_plus_ref(x: torch.Tensor, residual: torch.Tensor, level: torch.Tensor,
+                                    weight: torch.Tensor, eps: float = CIN_EPS, activation: Optional[str] = None,
+                                    bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference composition of the fused residual add: ``s = x + residual``,
+    ``(s, cond_instance_norm_plus_ref(s, level, weight, eps, activation, bias))``."""
+    check_cin_args(x, level, weight, activation)
+    check_glue_args(x, residual, bias)
+    s = x + residual
+    return s, cond_instance_norm_plus_ref(s, level, weight, eps, activation, bias)
+
+
+def add_cond_instance_norm_plus(x: torch.Tensor, residual: torch.Tensor, level: torch.Tensor,
+                                weight: torch.Tensor, eps: float = CIN_EPS, activation: Optional[str] = None,
+                                bias: Optional[torch.Tensor] = None,
+                                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add fused into CIN++: returns ``(s, out)`` with ``s = x + residual`` and
+    ``out = cond_instance_norm_plus(s [+ bias], level, weight, eps, activation)``.
+
+    One pass reads ``x`` and ``residual`` and writes ``s`` and ``out`` (the fused add +
+    layer-norm pattern); ``s`` is what the network keeps for its next skip connection.
+    Shapes: ``x``, ``residual`` ``[N, C, H, W]`` of one dtype (NCHW or channels-last;
+    ``s`` and ``out`` take ``x``'s layout), the rest as ``cond_instance_norm_plus``.
+    Differentiable in ``x``, ``residual``, ``weight`` and ``bias``.  ``backend``: "auto" |
+    "triton" | "torch" ("cuda" raises ``BackendUnavailableError``: the extension has no
+    fused form; "auto" picks triton on CUDA tensors).
+    """
+    return _glue(x, residual, bias, level, weight, eps, activation, backend)
+
+
+def _glue(x, residual, bias, level, weight, eps, activation, backend):
+    """(s, out) of the fused forms on the resolved backend."""
+    if backend == "cuda":
+        raise BackendUnavailableError("backend='cuda': the CUDA extension has no fused bias/residual CIN++ "
+                                      "(csrc/ implements the plain op only); use backend='triton' or 'auto'")
+    b = resolve_backend(backend, x.device, "cond_instance_norm_plus_glue")
+    if b == "torch":
+        if residual is None:
+            return None, cond_instance_norm_plus_ref(x, level, weight, eps, activation, bias)
+        return add_cond_instance_norm_plus_ref(x, residual, level, weight, eps, activation, bias)
+    mod, _ = backend_module(b)
+    return mod.cin_plus_glue(x, residual, bias, level, weight, eps, activation)
+
+
+def run_glue_forward(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                     level: torch.Tensor, weight: torch.Tensor, eps: float, activation: Optional[str],
+                     available, what: str, dtypes: tuple) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """``(s or None, out)`` of ``torch.ops.fastncsn.cin_plus_glue_fwd`` after the checks of
+    ``run_backend_forward`` and ``check_glue_args`` (the Triton backend's fused forms)."""
+    check_cin_args(x, level, weight, activation)
+    check_glue_args(x, residual, bias)
+    require(available, what, x.device)
+    check_same_device(x.device, level=level, weight=weight, residual=residual, bias=bias)
+    if x.dtype not in dtypes:
+        raise TypeError(f"x: expected a tensor of dtype {', '.join(str(d) for d in dtypes)}, got {x.dtype}")
+    s, out, _, _ = torch.ops.fastncsn.cin_plus_glue_fwd(x, residual, bias, level, weight, float(eps),
+                                                        "none" if activation is None else activation)
+    return (s if residual is not None else None), out
 
 
 def run_backend_forward(namespace: str, x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -292,3 +392,74 @@ def _cin_plus_bwd_cpu(grad_out, x, level_index, weight, mu, rstd, eps, activatio
 cin_plus_fwd.register_fake(cin_fwd_fake)
 cin_plus_bwd.register_fake(cin_bwd_fake)
 register_cin_autograd("fastncsn::cin_plus_fwd", cin_plus_bwd)
+
+
+# --------------------------------------------------------------------------- the fused glue (Triton backend)
+
+
+@torch.library.custom_op("fastncsn::cin_plus_glue_fwd", mutates_args=(), device_types="cuda")
+def cin_plus_glue_fwd(x: Tensor, residual: Optional[Tensor], bias: Optional[Tensor], level_index: Tensor,
+                      weight: Tensor, eps: float, activation: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """CIN++ of ``z = (x + residual) + bias``; returns ``(s, out, mu, rstd)`` (``s = x + residual``, or an
+    empty tensor without a residual; ``mu``/``rstd`` are ``z``'s, saved for the backward)."""
+    from .triton.cond_instance_norm import launch_cin_glue_fwd
+    return launch_cin_glue_fwd(x, residual, bias, level_index, weight, eps, activation)
+
+
+@cin_plus_glue_fwd.register_kernel("cpu")
+def _cin_plus_glue_fwd_cpu(x, residual, bias, level_index, weight, eps, activation):
+    if cpu_runs_triton():
+        from .triton.cond_instance_norm import launch_cin_glue_fwd
+        return launch_cin_glue_fwd(x, residual, bias, level_index, weight, eps, activation)
+    fmt = dense_format(x)
+    s = x.new_empty(0) if residual is None else torch.empty_like(x, memory_format=fmt).copy_(x + residual)
+    z = _glue_input(x if residual is None else s, bias)
+    out, mu, rstd = _cin_plus_fwd_cpu(z, level_index, weight, eps, activation)
+    return s, torch.empty_like(x, memory_format=fmt).copy_(out), mu, rstd
+
+
+@cin_plus_glue_fwd.register_fake
+def _cin_plus_glue_fwd_fake(x, residual, bias, level_index, weight, eps, activation):
+    out, mu, rstd = cin_fwd_fake(x, level_index, weight, eps, activation)
+    return (x.new_empty(0) if residual is None else torch.empty_like(out)), out, mu, rstd
+
+
+def _glue_input(s: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The normalised input ``z = s + bias`` as the Triton kernel forms it: ``bias`` rounded to ``s``'s
+    dtype, the sum in ``acc_dtype`` (not rounded: the saved statistics are of this ``z``); ``s``
+    itself without a bias."""
+    if bias is None:
+        return s
+    acc = acc_dtype(s.dtype)
+    return s.to(acc) + bias.to(s.dtype).to(acc)[None, :, None, None]
+
+
+def _glue_setup_context(ctx, inputs, output):
+    x, residual, bias, level_index, weight, eps, activation = inputs
+    s, _, mu, rstd = output
+    ctx.save_for_backward(x if residual is None else s, bias, level_index, weight, mu, rstd)
+    ctx.eps, ctx.activation, ctx.has_residual = eps, activation, residual is not None
+    ctx.mark_non_differentiable(mu, rstd)
+
+
+def _glue_backward(ctx, grad_s, grad_out, _grad_mu, _grad_rstd):
+    """Reuses ``cin_plus_bwd`` on the recomputed ``z``: grad_z; then grad_x = grad_residual =
+    grad_s + grad_z, grad_bias = sum of grad_z over n, h, w."""
+    s, bias, level_index, weight, mu, rstd = ctx.saved_tensors
+    if grad_out is None:
+        grad_z = torch.zeros_like(s)
+        grad_w = None
+    else:
+        grad_z, grad_w = cin_plus_bwd(grad_out, _glue_input(s, bias), level_index, weight, mu, rstd,
+                                      ctx.eps, ctx.activation)
+        grad_z = grad_z.to(s.dtype)     # with a bias, z (and grad_z) are in fp32 (_glue_input)
+    grad_x = grad_z if grad_s is None or not ctx.has_residual else grad_z + grad_s
+    grad_b = None
+    if bias is not None and ctx.needs_input_grad[2]:
+        grad_b = grad_z.sum(dim=(0, 2, 3), dtype=acc_dtype(grad_z.dtype)).to(bias.dtype)
+    return (grad_x if ctx.needs_input_grad[0] else None,
+            grad_x if ctx.has_residual and ctx.needs_input_grad[1] else None, grad_b, None,
+            grad_w if ctx.needs_input_grad[4] else None, None, None)
+
+
+torch.library.register_autograd("fastncsn::cin_plus_glue_fwd", _glue_backward, setup_context=_glue_setup_context)

@@ -53,6 +53,8 @@ BACKENDS = ("auto", "triton", "cuda", "torch")
 #: largest fp32 NCHW CIN++ shapes; a per-shape choice is future work).
 AUTO_PREFERENCE = {
     "cond_instance_norm_plus": ("cuda", "triton", "torch"),
+    # the fused bias/residual forms (bias=, add_cond_instance_norm_plus): the extension has none
+    "cond_instance_norm_plus_glue": ("triton", "torch"),
     "langevin_step_": ("cuda", "triton", "torch"),
     # no CUDA C++ version; Triton not yet measured against F.avg_pool2d (benchmarks/NOTES.md)
     "avg_pool5x5": ("triton", "torch"),

@@ -22,7 +22,7 @@ import torch
 
 from ..avg_pool import check_pool_args
 from ..common import acc_dtype, is_dense, require, scalar_tensor
-from ..cond_instance_norm import CIN_EPS, run_backend_forward
+from ..cond_instance_norm import CIN_EPS, run_backend_forward, run_glue_forward
 from ..langevin import check_step_args
 
 try:
@@ -39,7 +39,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 #: the dtypes of ``x`` the pool kernel takes (fp64 computes in fp64: for gradcheck)
 POOL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
-__all__ = ["available", "cond_instance_norm_plus", "langevin_step_", "langevin_noise", "avg_pool5x5"]
+__all__ = ["available", "cond_instance_norm_plus", "cin_plus_glue", "langevin_step_", "langevin_noise", "avg_pool5x5"]
 
 
 def available(device: torch.device | str) -> tuple[bool, str]:
@@ -72,6 +72,17 @@ def cond_instance_norm_plus(x: torch.Tensor, level: torch.Tensor, weight: torch.
     """
     return run_backend_forward("fastncsn", x, level, weight, eps, activation,
                                available, "fastncsn.ops.triton", DTYPES)
+
+
+def cin_plus_glue(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                  level: torch.Tensor, weight: torch.Tensor, eps: float = CIN_EPS,
+                  activation: Optional[str] = None) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """CIN++ with the glue fused, by Triton kernels: ``(s, out)`` with ``s = x + residual`` (None
+    without a residual) and ``out = CIN++((x + residual) + bias)`` (each term optional).  The
+    public forms are ``fastncsn.ops.cond_instance_norm_plus(..., bias=)`` and
+    ``fastncsn.ops.add_cond_instance_norm_plus``; shapes and dtypes as ``cond_instance_norm_plus``."""
+    return run_glue_forward(x, residual, bias, level, weight, eps, activation,
+                            available, "fastncsn.ops.triton", DTYPES)
 
 
 def langevin_step_(x: torch.Tensor, score: torch.Tensor, step_size, seed, offset,

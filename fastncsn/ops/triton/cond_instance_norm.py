@@ -137,9 +137,33 @@ def _channel_mean_stats(mu_row, C, eps, BLOCK: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _load_input(x_ptr, r_ptr, s_ptr, ptrs, mask, b, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                STORE_SUM: tl.constexpr, ACC: tl.constexpr):
+    """A tile of the normalised input ``z = (x [+ r]) [+ b]`` in ``ACC``.  The sum ``s = x + r`` is rounded to
+    x's dtype (it is an output; the statistics are those of the stored ``s``), ``z = s + b`` is not (the
+    backward recomputes it in ``ACC``).  ``STORE_SUM`` writes ``s`` (read back from ``s_ptr`` otherwise)."""
+    dt = x_ptr.dtype.element_ty
+    if HAS_RESIDUAL:
+        if STORE_SUM:
+            z = (tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
+                 + tl.load(r_ptr + ptrs, mask=mask, other=0.0).to(ACC)).to(dt)
+            tl.store(s_ptr + ptrs, z, mask=mask)
+        else:
+            z = tl.load(s_ptr + ptrs, mask=mask, other=0.0)
+    else:
+        z = tl.load(x_ptr + ptrs, mask=mask, other=0.0)
+    if HAS_BIAS:       # masked lanes stay 0 (the statistics sum them)
+        z = tl.where(mask, z.to(ACC) + b[:, None], 0.0)
+    return z.to(ACC)
+
+
+@triton.jit
 def _cin_fwd_kernel(
     x_ptr,            # [N, C, H, W] input; element (n, c, p = h*W + w) at n*stride_n + c*stride_c + p*stride_p
     out_ptr,          # output, same shape, strides and dtype as x
+    r_ptr,            # HAS_RESIDUAL: the residual, same shape, strides and dtype as x (else unused)
+    s_ptr,            # HAS_RESIDUAL: the sum x + r (written by STATS, read by APPLY), strides of x
+    b_ptr,            # HAS_BIAS: [C] per-channel bias in x's dtype, added to the input before the norm
     level_ptr,        # [N] int32/int64 noise-level index of each sample
     w_ptr,            # [L, 2C or 3C] rows gamma | alpha | beta, any float dtype
     mu_ptr,           # [N, C] ACC: spatial mean per channel (written by STATS, read by APPLY)
@@ -154,6 +178,8 @@ def _cin_fwd_kernel(
     eps,              # epsilon of both variances
     HAS_BETA: tl.constexpr,   # w has a beta block (3C columns)
     ELU: tl.constexpr,        # apply ELU to the output
+    HAS_RESIDUAL: tl.constexpr,  # normalise s = x + r and write s (fused residual add)
+    HAS_BIAS: tl.constexpr,   # normalise x + b (folded conv bias; mu/rstd are those of x + b)
     STATS: tl.constexpr,      # run the statistics phase
     APPLY: tl.constexpr,      # run the normalise/affine phase
     ONE_TILE: tl.constexpr,   # the sample is one tile: read it once, both phases from registers
@@ -166,6 +192,8 @@ def _cin_fwd_kernel(
     grp = tl.program_id(1)
     x_ptr += n.to(tl.int64) * stride_n
     out_ptr += n.to(tl.int64) * stride_n
+    r_ptr += n.to(tl.int64) * stride_n
+    s_ptr += n.to(tl.int64) * stride_n
     mu_ptr += n * C
     rstd_ptr += n * C
     w_row = w_ptr + tl.load(level_ptr + n) * w_stride
@@ -176,7 +204,10 @@ def _cin_fwd_kernel(
         cmask = offs_c < C
         mask = cmask[:, None] & (offs_p < HW)[None, :]
         ptrs = offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
-        x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
+        b = tl.zeros([BLOCK_C], ACC)
+        if HAS_BIAS:
+            b = tl.load(b_ptr + offs_c, mask=cmask, other=0.0).to(ACC)
+        x = _load_input(x_ptr, r_ptr, s_ptr, ptrs, mask, b, HAS_RESIDUAL, HAS_BIAS, True, ACC)
         mean = tl.sum(x, 1) / HW
         x = tl.where(mask, x - mean[:, None], 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, 1) / HW + eps)
@@ -199,13 +230,16 @@ def _cin_fwd_kernel(
             for c0 in range(c_lo, c_hi, BLOCK_C):
                 cs = c0 + offs_c
                 cmask = cs < c_hi
+                b = tl.zeros([BLOCK_C], ACC)
+                if HAS_BIAS:
+                    b = tl.load(b_ptr + cs, mask=cmask, other=0.0).to(ACC)
                 mean = tl.zeros([BLOCK_C], ACC)
                 m2 = tl.zeros([BLOCK_C], ACC)
                 for p0 in range(0, HW, BLOCK_P):
                     ps = p0 + offs_p
                     mask = cmask[:, None] & (ps < HW)[None, :]
-                    x = tl.load(x_ptr + cs[:, None] * stride_c + ps[None, :] * stride_p,
-                                mask=mask, other=0.0).to(ACC)
+                    x = _load_input(x_ptr, r_ptr, s_ptr, cs[:, None] * stride_c + ps[None, :] * stride_p, mask, b,
+                                    HAS_RESIDUAL, HAS_BIAS, True, ACC)
                     cnt_b = tl.minimum(HW - p0, BLOCK_P).to(ACC)
                     mean_b = tl.sum(x, 1) / cnt_b
                     x = tl.where(mask, x - mean_b[:, None], 0.0)
@@ -227,11 +261,15 @@ def _cin_fwd_kernel(
                 mean = tl.load(mu_ptr + cs, mask=cmask, other=0.0)
                 rstd = tl.load(rstd_ptr + cs, mask=cmask, other=0.0)
                 scale, bias, _, _, _ = _affine_coeffs(w_row, cs, cmask, C, mean, rstd, m, q, HAS_BETA, ACC)
+                b = tl.zeros([BLOCK_C], ACC)
+                if HAS_BIAS:
+                    b = tl.load(b_ptr + cs, mask=cmask, other=0.0).to(ACC)
                 for p0 in range(0, HW, BLOCK_P):
                     ps = p0 + offs_p
                     mask = cmask[:, None] & (ps < HW)[None, :]
                     ptrs = cs[:, None] * stride_c + ps[None, :] * stride_p
-                    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(ACC)
+                    # the residual form reads back the sum STATS wrote (one read instead of two)
+                    x = _load_input(x_ptr, r_ptr, s_ptr, ptrs, mask, b, HAS_RESIDUAL, HAS_BIAS, False, ACC)
                     y = (x - mean[:, None]) * scale[:, None] + bias[:, None]
                     if ELU:
                         y = _elu(y, out_ptr.dtype.element_ty == tl.float32)
@@ -526,10 +564,11 @@ def _check_weight_layout(weight: torch.Tensor, c: int) -> bool:
 
 
 def _launch_two_phase(kernel, phases: tuple[str, str], n: int, plan: CinPlan, args: tuple, has_beta: bool,
-                      activation: str, acc: torch.dtype) -> None:
-    """Launch ``kernel`` with both phases in one program, or (split plan) phase 1 then phase 2."""
+                      activation: str, acc: torch.dtype, **flags) -> None:
+    """Launch ``kernel`` with both phases in one program, or (split plan) phase 1 then phase 2;
+    ``flags`` are further constexpr arguments (the forward's HAS_RESIDUAL, HAS_BIAS)."""
     meta = dict(HAS_BETA=has_beta, ELU=activation == "elu", ONE_TILE=plan.one_tile, BLOCK_C=plan.block_c,
-                BLOCK_P=plan.block_p, BLOCK_M=plan.block_m, ACC=_TL_ACC[acc], num_warps=plan.num_warps)
+                BLOCK_P=plan.block_p, BLOCK_M=plan.block_m, ACC=_TL_ACC[acc], num_warps=plan.num_warps, **flags)
     first, second = phases
     if plan.split:
         kernel[(n, plan.groups)](*args, **{first: True, second: False}, **meta)
@@ -547,22 +586,41 @@ def launch_cin_fwd(x: torch.Tensor, level: torch.Tensor, weight: torch.Tensor, e
     ``level`` values must lie in ``[0, num_levels)`` (not checked: that
     would need a host sync).
     """
+    _, out, mu, rstd = launch_cin_glue_fwd(x, None, None, level, weight, eps, activation, split, tile)
+    return out, mu, rstd
+
+
+def launch_cin_glue_fwd(x: torch.Tensor, residual: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                        level: torch.Tensor, weight: torch.Tensor, eps: float, activation: str,
+                        split: Optional[bool] = None, tile: Optional[int] = None):
+    """The forward with the glue fused: CIN++ of ``z = (x + residual) + bias`` (each term optional).
+
+    Returns ``(s, out, mu, rstd)``: ``s = x + residual`` laid out like ``out`` (an empty
+    ``[0]`` tensor without a residual), ``out`` as ``launch_cin_fwd``'s, ``mu``/``rstd`` the
+    statistics of ``z``.  The residual is read in ``x``'s layout (copied into it if it
+    differs); ``bias`` is ``[C]``, rounded to ``x``'s dtype like the unfused add (``x + bias`` itself is kept in fp32).
+    """
     n, c, h, w = x.shape
     has_beta = _check_weight_layout(weight, c)
     out = torch.empty_like(x, memory_format=dense_format(x))
+    s = torch.empty_like(out) if residual is not None else x.new_empty(0)
     acc = acc_dtype(x.dtype)
     mu = torch.empty((n, c), dtype=acc, device=x.device)
     rstd = torch.empty((n, c), dtype=acc, device=x.device)
     if x.numel() == 0:
-        return out, mu, rstd
+        return s, out, mu, rstd
     x = _as_dense(x)
+    if residual is not None and residual.stride() != x.stride():
+        residual = torch.empty_like(x).copy_(residual)
     level = level.contiguous()
     weight = weight.contiguous()
     plan = cin_plan(x, split, tile)
-    args = (x, out, level, weight, mu, rstd, c, h * w, *_pixel_strides(x), weight.stride(0),
-            plan.chans_per_prog, float(eps))
-    _launch_two_phase(_cin_fwd_kernel, ("STATS", "APPLY"), n, plan, args, has_beta, activation, acc)
-    return out, mu, rstd
+    args = (x, out, x if residual is None else residual, out if residual is None else s,
+            x if bias is None else bias.to(x.dtype).contiguous(), level, weight, mu, rstd, c, h * w, *_pixel_strides(x),
+            weight.stride(0), plan.chans_per_prog, float(eps))
+    _launch_two_phase(_cin_fwd_kernel, ("STATS", "APPLY"), n, plan, args, has_beta, activation, acc,
+                      HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None)
+    return s, out, mu, rstd
 
 
 def level_sum(part: torch.Tensor, level: torch.Tensor, num_levels: int) -> torch.Tensor:
