@@ -132,6 +132,8 @@ class GraphSampler:
         self._tables(sigmas, model_levels)
         self.data_shape = self._data_shape(data_shape)
         self._buffers()
+        if (self.backend or "auto") == "auto":  # auto's table row for the step at this state's shape class
+            self.step_backend = ops.resolve_backend("auto", self.device, "langevin_step_", like=self.score)
         self._programs: dict = {}
         self._graphs: dict = {}
         self._pool = None
