@@ -123,18 +123,13 @@ def graph_timing_enabled() -> bool:
 def capture(fn, inner: int):
     """A CUDA graph of ``inner`` calls of ``fn`` (warmed up on a side stream first), or None when
     ``fn`` cannot be captured (a host sync, a CPU tensor read, ...)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
+    from fastncsn.sampling.graphs import capture_graph
+
+    def calls():
+        for _ in range(inner):
             fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
-            for _ in range(inner):
-                fn()
+        graph, _ = capture_graph(calls, warmup=1)
     except Exception:  # noqa: BLE001 -- any capture failure means: time it eagerly
         torch.cuda.synchronize()
         return None

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from fastncsn.sampling.core import step_sizes
+from fastncsn.sampling.graphs import capture_graph
 from test_sampling_throughput import CONVENTION, EPS, NUM_LEVELS, _model, _reference, _x0
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -53,15 +54,7 @@ def test_compile_anchor(benchmark, config, batch):
 
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):                                   # the first call compiles
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture_graph(step, warmup=3)                 # the first warm-up call compiles
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - t0
 

@@ -51,7 +51,8 @@ from ..schedules import validate_sigmas
 from .core import (SamplerSettings, check_count, check_mask, chunks, eval_mode, init_samples, model_device,
                    use_backend)
 
-__all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "PRECISIONS", "CAPTURE_MODES", "METHODS"]
+__all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "capture_graph", "PRECISIONS", "CAPTURE_MODES",
+           "METHODS"]
 
 PRECISIONS = ("fp32", "bf16")
 CAPTURE_MODES = ("level", "step")
@@ -450,6 +451,27 @@ class GraphSampler:
                 if snaps is not None:
                     snaps[:, start:start + m].copy_(self.snaps[:self.num_snapshots, :m])
         return (out, snaps) if snaps is not None else out
+
+
+# ---------------------------------------------------------------------- one-off captures
+
+
+def capture_graph(fn: Callable, warmup: int = 3):
+    """Capture ``fn()`` in a CUDA graph the usual way: ``warmup`` calls on a side stream (kernels compile,
+    allocator settles), then one captured call.  Returns ``(graph, output of the captured call)``;
+    ``graph.replay()`` reruns it on the same buffers.  Used by the benchmarks and GPU tests."""
+    main = torch.cuda.current_stream()
+    side = torch.cuda.Stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    main.wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 # ---------------------------------------------------------------------- cache
