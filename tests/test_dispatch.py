@@ -147,8 +147,9 @@ def test_table_choice_picks_the_listed_backend(tmp_path, monkeypatch):
     table = _table_script().build_table(_synthetic_ops_run(), "x.json")
     path = tmp_path / "auto_table.json"
     path.write_text(json.dumps(table))
-    monkeypatch.setattr(dispatch, "_tables", {})
     monkeypatch.setenv("FASTNCSN_AUTO_TABLE", str(path))
+    monkeypatch.setattr(dispatch, "_ACTIVE_TABLE", dispatch._ACTIVE_TABLE)   # restored after the test
+    dispatch.load_auto_table()
     choose = dispatch.table_choice
     op = "cond_instance_norm_plus"
     assert choose(op, _cl((128, 64, 28, 28)), device_name="Fake GPU") == "triton"
@@ -171,13 +172,13 @@ def test_table_choice_picks_the_listed_backend(tmp_path, monkeypatch):
 
 
 def test_no_table_falls_back_to_the_preference(tmp_path, monkeypatch):
-    monkeypatch.setattr(dispatch, "_tables", {})
+    monkeypatch.setattr(dispatch, "_ACTIVE_TABLE", dispatch._ACTIVE_TABLE)   # restored after the test
     monkeypatch.setattr(dispatch, "_device_name", lambda device: "Fake GPU")
     monkeypatch.setattr(dispatch, "_backend_ok", lambda name, dev: (True, ""))
     op, x = "cond_instance_norm_plus", _cl((128, 64, 28, 28))
     for setting in (str(tmp_path / "missing.json"), "0"):
         monkeypatch.setenv("FASTNCSN_AUTO_TABLE", setting)
-        assert dispatch.auto_table() == {}
+        assert dispatch.load_auto_table() == {} and dispatch.auto_table() == {}
         assert dispatch.table_choice(op, x) is None
         assert ops.resolve_backend("auto", "cuda", op, like=x) == ops.AUTO_PREFERENCE[op][0]
 
@@ -192,3 +193,17 @@ def test_committed_table_has_no_invented_rows():
         assert table["device"] and table["date"] and table["source"].endswith("-ops.json")
     else:
         assert table["device"] is None and "eager" in table["note"]
+
+
+def test_table_lookup_traces_without_graph_breaks():
+    """``auto`` resolves inside ops that ``torch.compile(fullgraph=True)`` traces: the lookup reads no file and
+    only tensor metadata."""
+    table = _table_script().build_table(_synthetic_ops_run(), "x.json")
+
+    def f(x):
+        pick = dispatch.table_choice("cond_instance_norm_plus", x, table, device_name="Fake GPU")
+        return x + (1.0 if pick == "triton" else 2.0)
+
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    small, large = _cl((128, 64, 28, 28)).zero_(), _cl((1000, 64, 28, 28)).zero_()
+    assert compiled(small).flatten()[0].item() == 1.0 and compiled(large).flatten()[0].item() == 2.0

@@ -18,8 +18,9 @@ This module is the only place that knows about backends.  The ops
   inside CUDA graphs on the device the table names) and, where no row matches
   (another device, dtype or layout, or an empty table), uses the fixed order
   ``AUTO_PREFERENCE``.  If a preferred backend is missing for a CUDA tensor,
-  ``auto`` falls back and warns once.  ``FASTNCSN_AUTO_TABLE=<path>`` reads
-  another table, ``FASTNCSN_AUTO_TABLE=0`` ignores tables (the old behaviour).
+  ``auto`` falls back and warns once.  ``FASTNCSN_AUTO_TABLE=<path>`` (read
+  at import; ``load_auto_table`` re-reads) uses another table,
+  ``FASTNCSN_AUTO_TABLE=0`` none (the old behaviour).
 
 Explicitly requesting an unavailable backend raises ``BackendUnavailableError``
 with the reason (never a silent fallback).
@@ -47,6 +48,7 @@ __all__ = [
     "resolve_backend",
     "backend_module",
     "auto_table",
+    "load_auto_table",
     "table_choice",
 ]
 
@@ -67,7 +69,6 @@ AUTO_PREFERENCE = {
 
 #: the committed table of ``auto``'s per-shape choices (scripts/auto_table.py writes it)
 AUTO_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_table.json")
-_tables: dict = {}
 _device_names: dict = {}
 
 _BACKEND_MODULES = {"triton": "fastncsn.ops.triton", "cuda": "fastncsn.ops.cuda"}
@@ -104,26 +105,42 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in BACKENDS if b != "auto" and _backend_ok(b, device)[0]]
 
 
-def auto_table(path: Optional[str] = None) -> dict:
-    """The table of ``auto`` at ``path`` (default: ``FASTNCSN_AUTO_TABLE`` or the committed
-    ``auto_table.json``), read once; ``{}`` when tables are off or the file is missing.
+def _read_table(path: str) -> dict:
+    if path in ("0", "off", ""):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def load_auto_table(path: Optional[str] = None) -> dict:
+    """(Re)read the table ``auto`` uses from ``path`` (default: ``FASTNCSN_AUTO_TABLE``, else the committed
+    ``auto_table.json``; "0" or "off": no table) and make it the active one; returns it."""
+    global _ACTIVE_TABLE
+    _ACTIVE_TABLE = _read_table(os.environ.get("FASTNCSN_AUTO_TABLE", AUTO_TABLE_PATH) if path is None else path)
+    return _ACTIVE_TABLE
+
+
+def auto_table() -> dict:
+    """The active table of ``auto`` (read once, at import, so that nothing reads a file while
+    ``torch.compile`` traces an op); ``{}`` when tables are off or the file is missing.
 
     Format: ``{"device": torch.cuda.get_device_name(), "date": ..., "source": <ops JSON>,
     "ops": {op: [{"dtype": "bfloat16", "layout": "channels_last" | "nchw", "numel_max": int | None,
     "backend": "triton" | "cuda" | "torch", ...}, ...]}}``; ``op`` is a dispatch op name
     (``cond_instance_norm_plus``, ``cond_instance_norm_plus:train`` for forward + backward,
     ``langevin_step_``); rows of one (op, dtype, layout) in increasing ``numel_max``."""
-    if path is None:
-        path = os.environ.get("FASTNCSN_AUTO_TABLE", AUTO_TABLE_PATH)
-    if path in ("0", "off", ""):
-        return {}
-    if path not in _tables:
-        try:
-            with open(path) as f:
-                _tables[path] = json.load(f)
-        except FileNotFoundError:
-            _tables[path] = {}
-    return _tables[path]
+    return _ACTIVE_TABLE
+
+
+_ACTIVE_TABLE: dict = {}
+load_auto_table()
+
+#: dtype names of the table rows
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
+                torch.float64: "float64"}
 
 
 def tensor_layout(x: torch.Tensor) -> str:
@@ -155,7 +172,7 @@ def table_choice(op: str, like: torch.Tensor, table: Optional[dict] = None,
         device_name = _device_name(like.device)
     if device_name is None or device_name != table.get("device"):
         return None
-    dtype, layout, numel = str(like.dtype).replace("torch.", ""), tensor_layout(like), like.numel()
+    dtype, layout, numel = _DTYPE_NAMES.get(like.dtype), tensor_layout(like), like.numel()
     for row in rows:
         if row["dtype"] == dtype and row["layout"] == layout and (row["numel_max"] is None
                                                                    or numel <= row["numel_max"]):
