@@ -73,8 +73,9 @@ for stage in $STAGES; do
       cp fastncsn/_C*.so "$OUT/" 2>/dev/null
       python -c "import fastncsn.ops.cuda as c, fastncsn.ops.triton; print('cuda extension:', c.available('cuda'))" ;;
     tests)
-      run_stage tests "$(limit tests 100)" env FASTNCSN_TRITON_DEVICE=cuda $PYTEST -m "gpu or triton" \
-        -n "${TEST_WORKERS:-4}" --dist loadfile --timeout 90 tests ;;
+      par=""; python -c "import xdist" 2>/dev/null && par="-n ${TEST_WORKERS:-4} --dist loadfile"
+      python -c "import pytest_timeout" 2>/dev/null && par="$par --timeout 90"
+      run_stage tests "$(limit tests 100)" env FASTNCSN_TRITON_DEVICE=cuda $PYTEST -m "gpu or triton" $par tests ;;
     ops)
       run_stage ops "$(limit ops 80)" $PYTEST benchmarks/test_cond_instance_norm.py benchmarks/test_langevin_step.py \
         -k "not compile and not network" --benchmark-json="$OUT/$GPU-$DAY-ops.json" --benchmark-columns=median ;;

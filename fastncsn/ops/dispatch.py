@@ -61,7 +61,8 @@ BACKENDS = ("auto", "triton", "cuda", "torch")
 #: over the 24 (CIN++) or 8 (Langevin) benchmarked shapes, 0.81x (CIN++ forward),
 #: 0.70x (CIN++ backward) and 0.28x (Langevin step) the Triton kernel's time, so
 #: ``cuda`` comes first where the extension is built (Triton stays faster on the
-#: largest fp32 NCHW CIN++ shapes; a per-shape choice is future work).
+#: largest fp32 NCHW CIN++ shapes).  Those were eager per-call timings: this order is
+#: only the fallback of ``auto``'s per-shape table (``auto_table.json``), which takes graph timings alone.
 AUTO_PREFERENCE = {
     "cond_instance_norm_plus": ("cuda", "triton", "torch"),
     "langevin_step_": ("cuda", "triton", "torch"),
