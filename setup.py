@@ -36,7 +36,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fastncsn", "fastncsn.*"]),
-    package_data={"fastncsn": ["assets/*.pt", "assets/*.json"]},
+    package_data={"fastncsn": ["assets/*.pt", "assets/*.json", "ops/auto_table.json"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

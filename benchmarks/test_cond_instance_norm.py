@@ -149,7 +149,8 @@ def test_network_forward(benchmark, copy_gbps, reference_ms_cache, config, n, ba
         ref_ms = reference_ms(reference_ms_cache, ("network", config, n), lambda: net(x, y))
         net.set_backend(backend)
         ms = record(benchmark, lambda: net(x, y), op="network_forward", backend=backend, shape=x.shape,
-                    dtype=torch.bfloat16, bytes_moved=None, copy_gbps=copy_gbps, reference_ms=ref_ms, rounds=10)
+                    dtype=torch.bfloat16, bytes_moved=None, copy_gbps=copy_gbps, reference_ms=ref_ms, rounds=10,
+                    layout="channels_last")
     benchmark.extra_info["images_per_s"] = n / (ms * 1e-3)
 
 

@@ -49,4 +49,4 @@ def test_langevin_step(benchmark, copy_gbps, reference_ms_cache, config, n, scor
                           _langevin_fn("reference", x, score, a, seed, offset))
     record(benchmark, _langevin_fn(backend, x, score, a, seed, offset), op="langevin_step", backend=backend,
            shape=shape, dtype=score_dtype, bytes_moved=x.numel() * (2 * x.element_size() + score.element_size()),
-           copy_gbps=copy_gbps, reference_ms=ref_ms, state_dtype="float32")
+           copy_gbps=copy_gbps, reference_ms=ref_ms, layout="nchw", state_dtype="float32")

@@ -6,6 +6,12 @@
 * ``TOL`` is the one tolerance table for comparing a fast path to the reference
   (``cin_truth.assert_within_2x`` adds its ``atol`` to the 2x rule).
 * Tests marked ``gpu`` skip cleanly when CUDA is not available.
+* Tests of the Triton backend (a ``backend`` parameter ``"triton"``, or ``triton`` in the test's
+  name) get the marker ``triton``, so the perf lab runs them compiled on the GPU with
+  ``-m "gpu or triton"`` (``-m gpu`` alone skips them: they are not marked ``gpu`` because they
+  also run on the CPU under the interpreter).  ``FASTNCSN_TRITON_DEVICE=cuda`` demands that they
+  run compiled on CUDA tensors: the session stops with an error when CUDA is missing or
+  ``TRITON_INTERPRET=1`` is set, instead of quietly interpreting on the CPU.
 * ``FAST_BACKENDS`` / ``fast_backend``: the op tests are parametrised over the fast
   backends of ``fastncsn.ops`` (``triton`` under the interpreter on a CPU; ``cuda``
   marked ``gpu`` and skipped, with the rebuild hint, without the built extension);
@@ -16,7 +22,16 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+#: "cuda": the Triton tests must run compiled on CUDA tensors (the perf lab); unset: CUDA if present
+TRITON_DEVICE = os.environ.get("FASTNCSN_TRITON_DEVICE", "")
+if TRITON_DEVICE not in ("", "cuda"):
+    raise pytest.UsageError(f"FASTNCSN_TRITON_DEVICE: expected 'cuda' or unset, got {TRITON_DEVICE!r}")
+if TRITON_DEVICE == "cuda":
+    if not torch.cuda.is_available():
+        raise pytest.UsageError("FASTNCSN_TRITON_DEVICE=cuda but CUDA is not available")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise pytest.UsageError("FASTNCSN_TRITON_DEVICE=cuda but TRITON_INTERPRET is set: unset it")
+elif not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 #: tolerances per dtype, used by every fast-path-vs-reference comparison
@@ -59,9 +74,16 @@ def fast_backend(name: str):
     return mod
 
 
+def _is_triton_test(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("backend") == "triton" or "triton" in item.name.lower()
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
+        if _is_triton_test(item):
+            item.add_marker(pytest.mark.triton)
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
 

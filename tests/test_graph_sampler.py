@@ -3,6 +3,7 @@
 On the CPU the sampler runs its static-buffer step functions eagerly (``use_graphs=False``); the
 tests marked ``gpu`` replay the captured CUDA graphs.
 """
+import contextlib
 import os
 import socket
 
@@ -318,6 +319,8 @@ def test_gpu_fp32_graph_equals_reference(tol, backend, method):
 
 @pytest.mark.gpu
 def test_gpu_bf16_level_statistics_close_to_fp32():
+    """Statistics only (a wrong level or a swapped sample can pass this): the element-by-element check of
+    the bf16 graph step is tests/test_graph_bf16.py."""
     model = CondRefineNetDilated(image_size=28, channels=1, ngf=32, num_levels=10).cuda().eval()
     x0 = torch.rand(256, 1, 28, 28, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     kw = dict(steps_per_level=5, snapshot_every=5)  # one snapshot at the end of every level
@@ -343,7 +346,10 @@ def test_gpu_second_call_reuses_graph():
 
 
 @pytest.mark.gpu
-def test_gpu_peak_memory_not_above_reference(record_property):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gpu_peak_memory_not_above_reference(record_property, precision):
+    """Like for like: the fp32 graph sampler against the fp32 reference loop, the bf16 graph sampler against
+    the reference loop with the network under bf16 autocast (the state fp32 in both)."""
     clear_graph_cache()
     model = CondRefineNetDilated(image_size=28, channels=1, ngf=64, num_levels=10).cuda().eval()
     batch = 256
@@ -358,13 +364,14 @@ def test_gpu_peak_memory_not_above_reference(record_property):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
 
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     model.set_backend("torch")
-    with torch.no_grad():  # as the reference sampling loop runs
+    with torch.no_grad(), autocast:  # as the reference sampling loop runs, in the same precision
         ref = peak(lambda: annealed_langevin(model, x0, model.sigmas[:2], steps_per_level=2, seed=0))
     model.set_backend("auto")
-    gs = GraphSampler(model, batch, sigmas=model.sigmas[:2], steps_per_level=2)
+    gs = GraphSampler(model, batch, sigmas=model.sigmas[:2], steps_per_level=2, precision=precision)
     fast = peak(lambda: gs.sample(batch, seed=0, x0=x0))
-    record_property("graph_peak_mb", fast / 2 ** 20)
-    record_property("reference_peak_mb", ref / 2 ** 20)
-    assert gs.captures >= 1
-    assert fast <= ref
+    record_property(f"graph_peak_mb_{precision}", fast / 2 ** 20)
+    record_property(f"reference_peak_mb_{precision}", ref / 2 ** 20)
+    assert gs.captures >= 1 and gs.precision == precision
+    assert fast <= ref, f"{precision}: graph sampler peak {fast / 2 ** 20:.1f} MB > reference {ref / 2 ** 20:.1f} MB"

@@ -180,7 +180,9 @@ def cond_instance_norm_plus(x: torch.Tensor, level: torch.Tensor, weight: torch.
     """
     if bias is not None:
         return _glue(x, None, bias, level, weight, eps, activation, backend)[1]
-    b = resolve_backend(backend, x.device, "cond_instance_norm_plus")
+    train = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    b = resolve_backend(backend, x.device, "cond_instance_norm_plus", like=x,
+                        table_op="cond_instance_norm_plus:train" if train else None)
     if b == "torch":
         return cond_instance_norm_plus_ref(x, level, weight, eps, activation)
     mod, _ = backend_module(b)

@@ -229,7 +229,7 @@ def langevin_step_(x: torch.Tensor, score: torch.Tensor, step_size, seed=None, o
         raise ValueError(f"step_size: expected a positive step size, got {step_size}")
     if generator is not None:
         noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
-    b = resolve_backend(backend, x.device, "langevin_step_")
+    b = resolve_backend(backend, x.device, "langevin_step_", like=score if isinstance(score, torch.Tensor) else None)
     if b == "torch":
         z = noise if noise is not None else langevin_noise_ref(seed, offset, x)
         x.copy_(langevin_step_ref(x, score, step_size, z, mask=mask, known=known, clamp=clamp))

@@ -56,8 +56,8 @@ from .core import (SamplerSettings, check_count, check_mask, chunks, eval_mode, 
                    use_backend)
 from .network_format import LAYOUTS, WEIGHT_MODES, SamplerNetwork
 
-__all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "PRECISIONS", "CAPTURE_MODES", "METHODS",
-           "LAYOUTS", "WEIGHT_MODES"]
+__all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "capture_graph", "PRECISIONS", "CAPTURE_MODES",
+           "METHODS", "LAYOUTS", "WEIGHT_MODES"]
 
 PRECISIONS = ("fp32", "bf16")
 CAPTURE_MODES = ("level", "step")
@@ -148,6 +148,8 @@ class GraphSampler:
         self.data_shape = self._data_shape(data_shape)
         self._buffers()
         self._network(layout, weights)
+        if (self.backend or "auto") == "auto":  # auto's table row for the step at this state's shape class
+            self.step_backend = ops.resolve_backend("auto", self.device, "langevin_step_", like=self.score)
         self._programs: dict = {}
         self._graphs: dict = {}
         self._pool = None
@@ -483,6 +485,27 @@ class GraphSampler:
                 if snaps is not None:
                     snaps[:, start:start + m].copy_(self.snaps[:self.num_snapshots, :m])
         return (out, snaps) if snaps is not None else out
+
+
+# ---------------------------------------------------------------------- one-off captures
+
+
+def capture_graph(fn: Callable, warmup: int = 3):
+    """Capture ``fn()`` in a CUDA graph the usual way: ``warmup`` calls on a side stream (kernels compile,
+    allocator settles), then one captured call.  Returns ``(graph, output of the captured call)``;
+    ``graph.replay()`` reruns it on the same buffers.  Used by the benchmarks and GPU tests."""
+    main = torch.cuda.current_stream()
+    side = torch.cuda.Stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    main.wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 # ---------------------------------------------------------------------- cache
