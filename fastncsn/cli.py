@@ -122,14 +122,14 @@ def _cmd_sample(a) -> None:
             x = sample(model, **kwargs)
     except SamplingDivergedError as exc:
         raise _diverged(exc) from None
-    written = []
-    if a.save_tensor:
-        _save_tensor(x, a.save_tensor)                          # the raw samples, not clamped
-        written.append(a.save_tensor)
+    raw, written = x, []
     x = x.clamp(0, 1) if x.dim() == 4 else x
     if x.dim() == 4:
         save_grid(x, a.out, scale=a.scale)
         written.append(a.out)
+    if a.save_tensor:
+        _save_tensor(raw, a.save_tensor)                        # the raw samples, not clamped
+        written.append(a.save_tensor)
     if want_snaps:
         k = min(a.n, 8)
         frames = snaps[:, :k].clamp(0, 1)                       # [L, k, C, H, W]: end of each level
