@@ -90,7 +90,8 @@ def _diverged(exc) -> CLIError:
 # ----------------------------------------------------------------------------- subcommands
 
 def _cmd_sample(a) -> None:
-    from .sampling import SamplerSettings, SamplingDivergedError, sample
+    from .sampling import SamplerSettings, SamplingDivergedError
+    from .sampling.api import sample
     from .sampling.core import check_backend
     t0 = time.time()
     device = _device(a.device)
@@ -206,7 +207,8 @@ def _read_image(path: str, shape):
 
 def _cmd_inpaint(a) -> None:
     import torch
-    from .sampling import SamplingDivergedError, sample
+    from .sampling import SamplingDivergedError
+    from .sampling.api import sample
     t0 = time.time()
     device = _device(a.device)
     check_output(a.out, "--out", "image")
