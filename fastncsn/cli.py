@@ -233,7 +233,7 @@ def _cmd_inpaint(a) -> None:
         x = sample(model, n=a.n, seed=a.seed, mask=mask, known=known, steps_per_level=a.steps_per_level,
                    progress=not a.quiet).clamp(0, 1)
     except SamplingDivergedError as exc:
-        raise CLIError(f"sampling diverged: {exc}; nothing written") from None
+        raise CLIError(f"{exc}; nothing written") from None
     masked = known * mask + 0.5 * (1 - mask)
     save_grid(torch.cat([masked, x]), a.out, nrow=a.n + 1, scale=a.scale)
     print(f"fastncsn: {a.n} completions in {time.time() - t0:.1f} s -> {a.out} (first tile: the masked input)")
