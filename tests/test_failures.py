@@ -234,3 +234,12 @@ def test_cli_corrupt_folder_image_is_one_line(tmp_path, capsys):
     (tmp_path / "b.png").write_bytes(b"garbage")
     err = _cli_error(["schedule", "--data", f"folder:{tmp_path}", "--sigma-1", "data"], capsys, "root")
     assert "b.png" in err
+
+
+def test_cli_inpaint_divergence_is_one_line(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    def diverge(*a, **k):
+        raise SamplingDivergedError(2, 3)
+    monkeypatch.setattr(sampling_api, "sample", diverge)
+    out = tmp_path / "i.png"
+    err = _cli_error(["inpaint", "--checkpoint", tiny_ckpt, "--out", str(out), "--quiet"], capsys, "sampling diverged")
+    assert "level 2 of 3" in err and not out.exists()
