@@ -214,6 +214,10 @@ def load_state(model, sd: dict, path: str) -> None:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
 
 
+#: config keys a checkpoint of ours fixes (load() refuses a different value for them)
+SHAPE_CONFIG = ("image_size", "channels", "ngf", "num_levels")
+
+
 def load(path: str, map_location="cpu", ema: bool = True, **config):
     """Load a score model from ``path`` (our format, or a reference NCSN / NCSNv2 checkpoint).
 
@@ -223,7 +227,9 @@ def load(path: str, map_location="cpu", ema: bool = True, **config):
         ema: use the EMA weights when the checkpoint has them (default).
         **config: constructor arguments; required for reference checkpoints
             (``image_size, channels, ngf, num_levels``), overrides for ours
-            (e.g. ``backend="torch"``).
+            (e.g. ``backend="torch"``); for ours a value of ``image_size``,
+            ``channels``, ``ngf`` or ``num_levels`` that contradicts the saved
+            config raises ``ValueError`` naming the argument and both values.
 
     Returns:
         the model in eval mode.
@@ -247,6 +253,11 @@ def load(path: str, map_location="cpu", ema: bool = True, **config):
         return model.to(map_location).eval()
     cfg = dict(ck["config"])
     cfg.pop("backend", None)    # a run option, not state: older checkpoints recorded it in the config
+    for key in SHAPE_CONFIG:    # the weights fix these: an override could only load wrongly or sample another size
+        if key in config and key in cfg and config[key] != cfg[key]:
+            raise ValueError(f"{key}: the checkpoint {path!r} was saved with {key}={cfg[key]!r}, got {key}="
+                             f"{config[key]!r}; overrides of {', '.join(SHAPE_CONFIG)} are only for reference "
+                             "checkpoints without a config")
     cfg.update(config)
     model = get_model_class(ck["model_class"])(**cfg)
     sd = ck["ema_state_dict"] if ema and ck.get("ema_state_dict") else ck["state_dict"]

@@ -6,19 +6,27 @@ corrupt checkpoints) print one ``fastncsn: error: ...`` line and exit with 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from typing import Optional, Sequence
 
+from .devices import check_device
 from .images import ensure_parent, save_gif, save_grid, save_strip
 from .ops import BACKENDS
 
-__all__ = ["main"]
+__all__ = ["main", "check_output"]
+
+#: smallest --sigma-L of `fastncsn schedule` (sigma_L**2 stays a normal float64)
+SIGMA_MIN = 1e-150
 
 
 class CLIError(Exception):
     """An expected failure reported as one line."""
+
+
+TENSOR_EXTENSIONS = (".pt", ".npz")
 
 
 def _save_tensor(x, path: str) -> None:
@@ -33,25 +41,68 @@ def _save_tensor(x, path: str) -> None:
         raise CLIError(f"--save-tensor: expected a .pt or .npz path, got {path!r}")
 
 
-def _load_model(checkpoint: Optional[str], device: Optional[str]):
+def _image_extensions() -> tuple:
+    """File extensions PIL can write (``.png``, ``.jpg``, ...)."""
+    from PIL import Image
+    Image.init()
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE))
+
+
+def check_output(path: Optional[str], flag: str, kind: str = "image") -> None:
+    """Before any compute: ``path`` (``None``: not asked for) can be written as ``kind``.
+
+    ``kind``: ``"image"`` (any format PIL writes), ``"gif"`` or ``"tensor"`` (.pt/.npz).  The
+    folder must exist, ``path`` must not be a folder and must end in a known extension.
+    """
+    if path is None:
+        return
+    exts = {"image": None, "gif": (".gif",), "tensor": TENSOR_EXTENSIONS}[kind]
+    exts = exts or _image_extensions()
+    example = {"image": "samples.png", "gif": "annealing.gif", "tensor": "samples.pt"}[kind]
+    if os.path.isdir(path):
+        raise CLIError(f"{flag}: {path!r} is a directory; expected a file name such as {example}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CLIError(f"{flag}: directory {os.path.dirname(path) or parent!r} does not exist")
+    if not path.lower().endswith(exts):
+        shown = ", ".join(e for e in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".webp") if e in exts) \
+            if kind == "image" else " or ".join(exts)
+        raise CLIError(f"{flag}: expected a file name ending in {shown}{', ...' if kind == 'image' else ''}, "
+                       f"got {path!r}")
+
+
+def _device(device: Optional[str]):
+    """``--device`` checked up front (one line naming --device), CPU when not given."""
     import torch
+    return check_device(device, "--device") or torch.device("cpu")
+
+
+def _load_model(checkpoint: Optional[str], device):
     from . import checkpoint as ck
     model = ck.load_bundled() if checkpoint is None else ck.load(checkpoint)
-    return model.to(torch.device(device) if device else "cpu")
+    return model.to(device)
+
+
+def _diverged(exc) -> CLIError:
+    return CLIError(f"--eps: {exc}; nothing written (try a smaller --eps)")
 
 
 # ----------------------------------------------------------------------------- subcommands
 
 def _cmd_sample(a) -> None:
-    import torch
-    from .sampling import SamplerSettings, sample
+    from .sampling import SamplerSettings, SamplingDivergedError
+    from .sampling.api import sample
+    from .sampling.core import check_backend
     t0 = time.time()
-    model = _load_model(a.checkpoint, a.device)
+    device = _device(a.device)
     if a.n < 1:
         raise CLIError(f"--n: expected >= 1, got {a.n}")
+    for path, flag, kind in ((a.out, "--out", "image"), (a.strip, "--strip", "image"), (a.gif, "--gif", "gif"),
+                             (a.save_tensor, "--save-tensor", "tensor")):
+        check_output(path, flag, kind)
+    check_backend(a.backend, device, "--backend")
+    model = _load_model(a.checkpoint, device)
     want_snaps = bool(a.strip or a.gif)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     # fastncsn.sample(fast=True) on a CPU quietly runs the graph sampler's steps eagerly (no speed-up), and
     # with fast=None a CPU means the fp32 reference sampler: ask for what cannot happen here -> one line
     fast = device.type == "cuda" if a.fast is None else a.fast
@@ -65,17 +116,20 @@ def _cmd_sample(a) -> None:
     kwargs = dict(n=a.n, seed=a.seed, steps_per_level=a.steps_per_level, eps=a.eps, step_convention=a.step_convention,
                   denoise=a.denoise, progress=not a.quiet, backend=a.backend, batch_size=a.batch_size,
                   fast=fast, precision=a.precision)
-    if want_snaps:
-        x, snaps = sample(model, snapshot_every=T, **kwargs)
-    else:
-        x = sample(model, **kwargs)
+    try:
+        if want_snaps:
+            x, snaps = sample(model, snapshot_every=T, **kwargs)
+        else:
+            x = sample(model, **kwargs)
+    except SamplingDivergedError as exc:
+        raise _diverged(exc) from None
+    raw, written = x, []
     x = x.clamp(0, 1) if x.dim() == 4 else x
-    written = []
     if x.dim() == 4:
         save_grid(x, a.out, scale=a.scale)
         written.append(a.out)
     if a.save_tensor:
-        _save_tensor(x, a.save_tensor)
+        _save_tensor(raw, a.save_tensor)                        # the raw samples, not clamped
         written.append(a.save_tensor)
     if want_snaps:
         k = min(a.n, 8)
@@ -97,6 +151,7 @@ _TRAIN_FLAGS = {"fast": "--fast", "precision": "--precision", "compile": "--comp
 
 
 def _cmd_train(a) -> int:
+    check_device(a.device, "--device")
     from .training import CPU_DIGITS_RECIPE, TrainingInterrupted, default_recipe, describe_recipe, find_checkpoints, train
     data = a.data
     recipe = default_recipe(data, a.device)
@@ -172,9 +227,14 @@ def _read_image(path: str, shape):
 
 def _cmd_inpaint(a) -> None:
     import torch
-    from .sampling import SamplerSettings, sample
+    from .sampling import SamplingDivergedError
+    from .sampling.api import sample
     t0 = time.time()
-    model = _load_model(a.checkpoint, a.device)
+    device = _device(a.device)
+    check_output(a.out, "--out", "image")
+    if a.n < 1:
+        raise CLIError(f"--n: expected >= 1, got {a.n}")
+    model = _load_model(a.checkpoint, device)
     shape = tuple(model.data_shape)
     if len(shape) != 3:
         raise CLIError("--checkpoint: inpainting needs an image model")
@@ -189,8 +249,11 @@ def _cmd_inpaint(a) -> None:
         if known.shape[1:] != torch.Size(shape):
             raise CLIError(f"--from-digits: the embedded digits are {tuple(known.shape[1:])}, the model wants {shape}")
     mask = (_read_image(a.mask, shape) > 0.5).float() if a.mask else _mask_for(a.mask_kind, shape)
-    x = sample(model, n=a.n, seed=a.seed, mask=mask, known=known, steps_per_level=a.steps_per_level,
-               progress=not a.quiet).clamp(0, 1)
+    try:
+        x = sample(model, n=a.n, seed=a.seed, mask=mask, known=known, steps_per_level=a.steps_per_level,
+                   progress=not a.quiet).clamp(0, 1)
+    except SamplingDivergedError as exc:
+        raise CLIError(f"{exc}; nothing written") from None
     masked = known * mask + 0.5 * (1 - mask)
     save_grid(torch.cat([masked, x]), a.out, nrow=a.n + 1, scale=a.scale)
     print(f"fastncsn: {a.n} completions in {time.time() - t0:.1f} s -> {a.out} (first tile: the masked input)")
@@ -205,6 +268,13 @@ def _cmd_schedule(a) -> None:
         raise CLIError(f"--data: expected one of {', '.join(DATASET_CONFIGS)} or folder:PATH, got {a.data!r}")
     cfg = DATASET_CONFIGS[base]
     dim = cfg["channels"] * cfg["image_size"] ** 2
+    for flag, v in (("--num-levels", a.num_levels), ("--steps-per-level", a.steps_per_level),
+                    ("--max-points", a.max_points)):
+        if v < 1:
+            raise CLIError(f"{flag}: expected an int >= 1, got {v}")
+    if not (math.isfinite(a.sigma_L) and SIGMA_MIN <= a.sigma_L):
+        raise CLIError(f"--sigma-L: expected a finite number >= {SIGMA_MIN:g} (its square must be a normal "
+                       f"float64), got {a.sigma_L!r}")
     if a.sigma_1 == "data":
         ds = get_dataset(a.data, root=a.root)
         x = torch.stack([ds[i][0] for i in range(min(len(ds), a.max_points))])
@@ -215,6 +285,8 @@ def _cmd_schedule(a) -> None:
             sigma_1 = float(a.sigma_1)
         except ValueError:
             raise CLIError(f"--sigma-1: expected a number or 'data', got {a.sigma_1!r}") from None
+    if not (math.isfinite(sigma_1) and sigma_1 > a.sigma_L):
+        raise CLIError(f"--sigma-1: expected a finite number > --sigma-L ({a.sigma_L:g}), got {sigma_1!r}")
     s = get_sigmas(a.kind, sigma_1, a.sigma_L, a.num_levels, dtype=torch.float64)
     p = overlap_probabilities(s, dim)
     print(f"{a.kind} ladder, L={a.num_levels}, sigma_1={sigma_1:g}, sigma_L={a.sigma_L:g}, data dimension D={dim}")
@@ -317,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the reference sampler is fp32")
     s.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
     s.add_argument("--scale", type=int, default=2, help="upscale the PNG by this factor (default 2)")
-    s.add_argument("--save-tensor", help="also save the samples as .pt or .npz")
+    s.add_argument("--save-tensor", help="also save the raw samples (not clamped to [0, 1], unlike the PNG) "
+                   "as .pt or .npz")
     s.add_argument("--strip", help="PNG of the first images at the end of every noise level")
     s.add_argument("--gif", help="animated GIF of the annealing")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -442,7 +515,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .checkpoint import CheckpointError
     try:
         rc = args.func(args)
-    except (CLIError, CheckpointError, ValueError, TypeError, FileNotFoundError, OSError) as exc:
+    except (CLIError, CheckpointError, ValueError, TypeError, FileNotFoundError, OSError, FloatingPointError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"fastncsn: error: {msg}", file=sys.stderr)
         return 2

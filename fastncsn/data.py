@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 __all__ = ["DATASET_CONFIGS", "DATASETS", "get_dataset", "dequantize", "random_hflip", "logit_transform",
-           "inverse_logit_transform", "ImageFolderDataset", "digits_tensor", "embedded_digits",
+           "inverse_logit_transform", "ImageFolderDataset", "check_image_file", "digits_tensor", "embedded_digits",
            "digits_split"]
 
 #: default model configuration per dataset (image size and channels), and whether
@@ -99,6 +99,16 @@ def digits_split(holdout_fraction: float = 0.2, seed: int = 0):
     return images[~mask_t], labels[~mask_t], images[mask_t], labels[mask_t]
 
 
+def check_image_file(path: str, name: str = "path") -> None:
+    """ValueError naming ``path`` unless PIL can open and verify it as an image."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, SyntaxError, OSError, ...)
+        raise ValueError(f"{name}: cannot read image {path!r} ({type(exc).__name__}: {exc})") from None
+
+
 class ImageFolderDataset(Dataset):
     """Every image file below ``root`` (sorted), resized to ``image_size``, as ``(image, 0)``."""
 
@@ -112,6 +122,8 @@ class ImageFolderDataset(Dataset):
         if channels not in (1, 3):
             raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
         self.image_size, self.channels = image_size, channels
+        for f in self.files:   # a corrupt file fails here, up front, not at some training step
+            check_image_file(f, "root")
 
     def __len__(self) -> int:
         return len(self.files)

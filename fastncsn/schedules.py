@@ -108,7 +108,7 @@ def get_sigmas(kind: str = "geometric", sigma_1: float = 1.0, sigma_L: float = 0
         kind: geometric | linear | cosine | squared_cosine | sigmoid.
         sigma_1: the largest noise level (> sigma_L > 0).
         sigma_L: the smallest noise level.
-        L: number of levels (>= 1; L = 1 gives ``[sigma_1]``).
+        L: number of levels (>= 1; L = 1 gives ``[sigma_1]`` for every kind, with or without ``rescale``).
         rescale: map the printed curve affinely onto ``[sigma_L, sigma_1]``
             (default); ``False`` returns the formula as printed in seed 000.
         dtype: output dtype (computed in float64 first, as the reference code).
@@ -122,7 +122,8 @@ def get_sigmas(kind: str = "geometric", sigma_1: float = 1.0, sigma_L: float = 0
             raise ValueError(f"{nm}: expected a finite positive number, got {v!r}")
     if L > 1 and not sigma_1 > sigma_L:
         raise ValueError(f"sigma_1: expected sigma_1 > sigma_L, got sigma_1={sigma_1}, sigma_L={sigma_L}")
-    s = _printed(kind, float(sigma_1), float(sigma_L), int(L))
+    # one level is sigma_1 for every kind (the printed sigmoid would start at 0.0849 whatever sigma_1 is)
+    s = np.array([float(sigma_1)]) if L == 1 else _printed(kind, float(sigma_1), float(sigma_L), int(L))
     if rescale and L > 1 and kind not in ("geometric", "linear"):
         s = sigma_1 + (s - s[0]) * (sigma_L - sigma_1) / (s[-1] - s[0])
     out = torch.tensor(s, dtype=torch.float64).to(dtype)

@@ -7,13 +7,13 @@
 * ``graphs.py``: the CUDA-graph executor of the same steps (``GraphSampler``);
 * ``api.py``: :func:`fastncsn.sample`; ``distributed.py``: sharding over processes.
 """
-from .core import (INITS, NCSN_SAMPLING, STEP_CONVENTIONS, SamplerSettings, init_samples, make_generator,
-                   resolve_model, step_sizes)
+from .core import (INITS, NCSN_SAMPLING, STEP_CONVENTIONS, SamplerSettings, SamplingDivergedError, init_samples,
+                   make_generator, resolve_model, step_sizes)
 from .langevin import annealed_langevin, hmc_annealed, langevin
 from .graphs import GraphSampler, clear_graph_cache, get_graph_sampler
 from .api import sample
 from .distributed import sample_distributed, shard_seed, shard_sizes
 
-__all__ = ["INITS", "NCSN_SAMPLING", "STEP_CONVENTIONS", "SamplerSettings", "annealed_langevin", "hmc_annealed",
+__all__ = ["INITS", "NCSN_SAMPLING", "STEP_CONVENTIONS", "SamplerSettings", "SamplingDivergedError", "annealed_langevin", "hmc_annealed",
            "init_samples", "langevin", "make_generator", "resolve_model", "step_sizes", "GraphSampler",
            "get_graph_sampler", "clear_graph_cache", "sample", "sample_distributed", "shard_seed", "shard_sizes"]

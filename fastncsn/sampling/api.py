@@ -5,8 +5,9 @@ from typing import Optional
 
 import torch
 
-from .core import (SamplerSettings, check_count, chunks, eval_mode, init_samples, make_generator, model_device, resolve_model,
-                   use_backend)
+from ..devices import check_device
+from .core import (SamplerSettings, check_backend, check_count, check_finite, check_model_levels, chunks, eval_mode,
+                   init_samples, make_generator, model_device, resolve_model, use_backend)
 from .langevin import annealed_langevin
 
 __all__ = ["sample"]
@@ -55,6 +56,14 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
         ``[n, *model.data_shape]`` samples on ``device`` (``[n, C, H, W]`` for
         images, ``[n, D]`` for toy models), or ``(samples, snapshots)``.
 
+    Raises:
+        ValueError / TypeError: a bad argument, named (checked before any sampling): e.g. a
+            ``device`` that is not 'cpu', 'cuda' or 'cuda:N' or has no CUDA here, a ``backend``
+            unavailable on the device, ``sigmas`` with another number of levels than the model,
+            NaN/inf in ``known``.
+        SamplingDivergedError: (a ``FloatingPointError``) the samples became NaN or inf (step
+            size too large, or a NaN score); names the first such noise level.
+
     Example::
 
         >>> import fastncsn
@@ -62,6 +71,7 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
         >>> tuple(x.shape)
         (4, 1, 28, 28)
     """
+    device = check_device(device, "device")
     model = resolve_model(model)
     check_count(n, "n")
     if batch_size is not None:
@@ -69,7 +79,10 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
     settings = SamplerSettings.resolve(model, eps=eps, steps_per_level=steps_per_level,
                                        step_convention=step_convention, init=init, denoise=denoise, clamp=clamp,
                                        snapshot_every=snapshot_every)
-    device = torch.device(device) if device is not None else model_device(model)
+    device = device if device is not None else model_device(model)
+    check_backend(backend, device)
+    if sigmas is not None:
+        check_model_levels(sigmas, model)
     model = model.to(device)
     fast = device.type == "cuda" if fast is None else fast
     if not fast and precision not in (None, "fp32"):
@@ -97,7 +110,9 @@ def _inpainting(mask, known, device):
         return None, None
     if mask is None or known is None:
         raise ValueError("mask: inpainting needs both mask and known")
-    return torch.as_tensor(mask, device=device), torch.as_tensor(known, device=device, dtype=torch.float32)
+    known = torch.as_tensor(known, device=device, dtype=torch.float32)
+    check_finite(known, "known")
+    return torch.as_tensor(mask, device=device), known
 
 
 def _rows(t: Optional[torch.Tensor], start: int, m: int, sample_dims: int) -> Optional[torch.Tensor]:

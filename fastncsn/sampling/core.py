@@ -43,6 +43,7 @@ __all__ = [
     "NCSN_SAMPLING", "STEP_CONVENTIONS", "INITS", "SamplerSettings", "step_sizes", "make_generator", "randn",
     "init_samples", "check_batch", "check_mask", "check_count", "check_clamp", "check_eps", "Snapshots",
     "chunks", "progress_bar", "resolve_model", "model_device", "eval_mode", "use_backend",
+    "SamplingDivergedError", "check_finite", "check_finite_level", "check_model_levels", "check_backend",
 ]
 
 STEP_CONVENTIONS = ("paper", "reference", "snr")
@@ -84,11 +85,67 @@ def check_clamp(clamp) -> Optional[tuple]:
 
 
 def check_batch(x: torch.Tensor, name: str = "x") -> None:
-    """A floating-point batch ``[N, ...]`` without NaN."""
+    """A floating-point batch ``[N, ...]`` of finite values (no NaN, no inf)."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point batch tensor [N, ...]")
-    if bool(torch.isnan(x).any()):
-        raise ValueError(f"{name}: contains NaN")
+    check_finite(x, name)
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` if the floating-point tensor ``t`` holds NaN or inf."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+
+
+def check_backend(backend: Optional[str], device, name: str = "backend") -> None:
+    """ValueError naming ``name`` if ``backend`` (``None``/"auto": any) cannot run on ``device`` here."""
+    if backend is None or backend == "auto":
+        return
+    from ..ops import BACKENDS, available_backends
+    if backend not in BACKENDS:
+        raise ValueError(f"{name}: expected one of {BACKENDS}, got {backend!r}")
+    ok = available_backends(device)
+    if backend not in ok:
+        raise ValueError(f"{name}: {backend!r} is not available on {torch.device(device)} here; "
+                         f"available: {', '.join(ok + ['auto'])}")
+
+
+def check_model_levels(sigmas, model) -> None:
+    """``sigmas`` must have the model's number of levels (its level index ``i`` means ``model.sigmas[i]``).
+
+    A callable without ``sigmas`` is not checked.  To sample a subset or another ladder with a
+    model's levels, map them with :class:`~fastncsn.sampling.GraphSampler`'s ``model_levels``.
+    """
+    own = getattr(model, "sigmas", None)
+    if own is None:
+        return
+    want, got = torch.as_tensor(own).numel(), torch.as_tensor(sigmas).numel()
+    if want != got:
+        raise ValueError(f"sigmas: expected {want} noise levels (the model's number of levels), got {got}; "
+                         "GraphSampler(model_levels=...) maps other ladders onto the model's levels")
+
+
+class SamplingDivergedError(FloatingPointError):
+    """The samples became non-finite (NaN or inf) while sampling.
+
+    ``level`` is the 1-based noise level after which the first non-finite value was seen
+    (``num_levels + 1``: the final denoising step), ``step`` the step when known (else ``None``).
+    Usual causes: a step size (``eps``) too large for the ladder, or a score model that returns NaN.
+    """
+
+    def __init__(self, level: int, num_levels: int, step: Optional[int] = None):
+        self.level, self.num_levels, self.step = level, num_levels, step
+        where = "the final denoising step" if level > num_levels else f"level {level} of {num_levels}"
+        if step is not None:
+            where += f", step {step}"
+        super().__init__(f"sampling diverged: non-finite samples (NaN or inf) after {where}; "
+                         "the step size (eps) is likely too large, or the score model returned NaN")
+
+
+def check_finite_level(x: torch.Tensor, level: int, num_levels: int, step: Optional[int] = None) -> None:
+    """Raise :class:`SamplingDivergedError` unless ``x`` is finite (one host sync: call once per level)."""
+    if not bool(torch.isfinite(x).all()):
+        raise SamplingDivergedError(level, num_levels, step)
 
 
 def check_mask(mask, known, x: torch.Tensor):
@@ -104,6 +161,7 @@ def check_mask(mask, known, x: torch.Tensor):
         raise ValueError("known: required when mask is given (the data at the known pixels)")
     mask = torch.as_tensor(mask, device=x.device)
     known = torch.as_tensor(known, device=x.device)
+    check_finite(known, "known")
     try:
         fits = (torch.broadcast_shapes(mask.shape, x.shape) == x.shape
                 and torch.broadcast_shapes(known.shape, x.shape) == x.shape)

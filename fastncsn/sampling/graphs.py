@@ -52,8 +52,8 @@ from .. import ops
 from ..devices import resolve_graph_device
 from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
-from .core import (SamplerSettings, check_count, check_mask, chunks, eval_mode, init_samples, model_device,
-                   use_backend)
+from .core import (SamplerSettings, SamplingDivergedError, check_count, check_mask, check_model_levels, chunks,
+                   eval_mode, init_samples, model_device, use_backend)
 from .network_format import LAYOUTS, WEIGHT_MODES, SamplerNetwork
 
 __all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "capture_graph", "PRECISIONS", "CAPTURE_MODES",
@@ -193,9 +193,15 @@ class GraphSampler:
             sigmas = self.model.sigmas
         sig = validate_sigmas(sigmas, "sigmas")
         num_levels = sig.numel()
+        if model_levels is None:
+            check_model_levels(sig, self.model)
         model_levels = list(range(num_levels)) if model_levels is None else list(model_levels)
-        if len(model_levels) != num_levels or not all(isinstance(v, int) and v >= 0 for v in model_levels):
-            raise ValueError(f"model_levels: expected {num_levels} ints >= 0 (one per sigma), got {model_levels!r}")
+        own = getattr(self.model, "sigmas", None)
+        top = torch.as_tensor(own).numel() if own is not None else None
+        if len(model_levels) != num_levels or not all(
+                isinstance(v, int) and 0 <= v < (top if top is not None else v + 1) for v in model_levels):
+            within = f" in [0, {top})" if top is not None else " >= 0"
+            raise ValueError(f"model_levels: expected {num_levels} ints{within} (one per sigma), got {model_levels!r}")
         dev, f32 = self.device, torch.float32
         self.num_levels = num_levels
         self.alpha_table = self.settings.step_sizes(sig).to(device=dev, dtype=f32)
@@ -221,6 +227,10 @@ class GraphSampler:
         self.seed = torch.zeros((), dtype=torch.long, device=dev)
         self.offset = torch.zeros((), dtype=torch.long, device=dev)
         self.counters = langevin_noise_counters(self.x.numel())
+        # first level (0-based; num_levels = the denoising step) whose samples were NaN/inf, -1: none;
+        # updated on the device after every level, read once per sample() call
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        self.level_ids = torch.arange(self.num_levels + 1, device=dev)
         self.mask = self.known = self.known_i = self.p = None
         if self.method == "hmc":
             self.p = torch.zeros_like(self.x)
@@ -381,15 +391,22 @@ class GraphSampler:
         self._graphs[inpaint] = graphs
         return {name: g.replay for name, g in graphs.items()}
 
-    def _run(self, prog: dict) -> None:
+    def _mark_nonfinite(self, i: int, m: int) -> None:
+        """first_bad <- i if the m real rows hold NaN/inf and no earlier level did (device-side, no host sync)."""
+        bad = ~torch.isfinite(self.x[:m]).all() & (self.first_bad < 0)
+        self.first_bad.copy_(torch.where(bad, self.level_ids[i], self.first_bad))
+
+    def _run(self, prog: dict, m: int) -> None:
         for i in range(self.num_levels):
             self._set_level(i)
             if "begin" in prog:
                 prog["begin"]()
             for _ in range(self._units_per_level):
                 prog["unit"]()
+            self._mark_nonfinite(i, m)
         if "final" in prog:
             prog["final"]()
+            self._mark_nonfinite(self.num_levels, m)
 
     def step_once(self) -> None:
         """Run one step eagerly, exactly as a captured unit replays it (the Langevin step or HMC
@@ -453,6 +470,11 @@ class GraphSampler:
         Returns:
             ``[n, *data_shape]`` fp32 samples on the sampler's device, and the
             ``[L*T // k, n, *data_shape]`` snapshots when ``snapshot_every = k``.
+
+        Raises:
+            SamplingDivergedError: (a ``FloatingPointError``) NaN/inf samples; a device-side
+                flag updated after every level is read once at the end and names the first
+                such level.
         """
         check_count(n, "n")
         if seed is None:
@@ -472,6 +494,7 @@ class GraphSampler:
             prog = self._program(inpaint)
             self.seed.fill_(seed)
             self.offset.zero_()
+            self.first_bad.fill_(-1)
             for start, m in chunks(n, self.batch_size):
                 self._load(self.x, x0[start:start + m])
                 if inpaint:
@@ -480,10 +503,13 @@ class GraphSampler:
                 if snaps is not None:
                     self.snap_idx.zero_()
                     self.step_count.zero_()
-                self._run(prog)
+                self._run(prog, m)
                 out[start:start + m].copy_(self.x[:m])
                 if snaps is not None:
                     snaps[:, start:start + m].copy_(self.snaps[:self.num_snapshots, :m])
+        bad = int(self.first_bad)   # the one host read of the divergence flag
+        if bad >= 0:
+            raise SamplingDivergedError(bad + 1, self.num_levels)
         return (out, snaps) if snaps is not None else out
 
 

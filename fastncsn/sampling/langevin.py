@@ -3,7 +3,10 @@
 Every sampler takes a noise-conditional score function ``score_fn(x, level)``
 (``level`` an int64 tensor ``[N]`` of noise-level indices), a starting batch
 ``x``, and a ``generator`` (or ``seed``) for the noise: the same seed gives the
-same samples.  Nothing inside the step loop synchronises with the host.
+same samples.  Nothing inside the step loop synchronises with the host; after
+each level one ``isfinite`` check raises
+:class:`~fastncsn.sampling.core.SamplingDivergedError` (a ``FloatingPointError``)
+naming the first level whose samples are NaN or inf.
 
 Defaults, validation, step-size conventions, initialisation and snapshots come
 from :mod:`fastncsn.sampling.core` (shared with the CUDA-graph sampler); omitted
@@ -18,8 +21,8 @@ import torch
 
 from ..ops import langevin_step_ref
 from ..schedules import validate_sigmas
-from .core import (NCSN_SAMPLING, Snapshots, check_batch, check_count, check_eps, check_mask, make_generator,
-                   progress_bar, randn, step_sizes)
+from .core import (NCSN_SAMPLING, Snapshots, check_batch, check_count, check_eps, check_finite_level, check_mask,
+                   make_generator, progress_bar, randn, step_sizes)
 
 __all__ = ["langevin", "annealed_langevin", "hmc_annealed"]
 
@@ -60,6 +63,7 @@ def langevin(score_fn: ScoreFn, x: torch.Tensor, eps: float, steps: int,
     for _ in range(steps):
         x = step(x, score_fn(x, levels), a, draw(x), clamp=clamp)
         snaps(x)
+    check_finite_level(x, 1, 1)
     return (x, snaps.buf) if snapshot_every else x
 
 
@@ -107,6 +111,11 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _
 
     Returns:
         the samples ``[N, ...]`` (and the snapshots when ``snapshot_every``).
+
+    Raises:
+        ValueError: a bad argument, a NaN/inf in ``x`` or ``known``.
+        SamplingDivergedError: (a ``FloatingPointError``) the samples became NaN or inf; checked
+            once per level (one host sync per level) and named by the first such level.
     """
     check_batch(x)
     alphas = step_sizes(sigmas, eps, step_convention).to(device=x.device, dtype=x.dtype)
@@ -128,10 +137,12 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _
             z = draw(x)
             x = step(x, score_fn(x, levels), alphas[i], z, mask=mask, known=known_i, clamp=clamp)
             snaps(x)
+        check_finite_level(x, i + 1, L)   # one host sync per level, not per step
     if denoise:
         x = x + sig[-1] ** 2 * score_fn(x, _levels(n, L - 1, x.device))
         if mask is not None:
             x = torch.where(mask, known, x)
+        check_finite_level(x, L + 1, L)
     return (x, snaps.buf) if snapshot_every else x
 
 
@@ -171,4 +182,5 @@ def hmc_annealed(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _EPS, 
                 x = x + h * p
                 s = score_fn(x, levels)
                 p = p + h / 2 * s
+        check_finite_level(x, i + 1, alphas.numel())
     return x
