@@ -243,3 +243,27 @@ def test_cli_inpaint_divergence_is_one_line(tiny_ckpt, tmp_path, capsys, monkeyp
     out = tmp_path / "i.png"
     err = _cli_error(["inpaint", "--checkpoint", tiny_ckpt, "--out", str(out), "--quiet"], capsys, "sampling diverged")
     assert "level 2 of 3" in err and not out.exists()
+
+
+def test_cli_exploding_but_finite_samples_are_divergence(tmp_path, capsys):
+    """Issue 17 case 9 as reported: the bundled model with --eps 1e6 stays finite (samples ~ -1e9, an
+    all-black PNG, exit 0); samples beyond escape_bound count as diverged."""
+    out = tmp_path / "s.png"
+    err = _cli_error(["sample", "--n", "2", "--steps-per-level", "2", "--eps", "1e6", "--quiet",
+                      "--out", str(out)], capsys, "--eps")
+    assert "diverged" in err and "beyond" in err and "level 1 of 10" in err
+    assert not out.exists()
+
+
+def test_escape_bound_spares_a_healthy_run():
+    """The bound is far outside where annealed Langevin keeps samples: NCSN's own settings on the toy
+    mixture (init U[-8, 8], sigma_1 = 10) never trip it."""
+    from fastncsn.sampling import annealed_langevin, init_samples
+    from fastncsn.sampling.core import ESCAPE_FACTOR, escape_bound
+    from fastncsn.schedules import get_sigmas
+    from fastncsn.toy import seed003_mixture
+    sig = get_sigmas("geometric", 10.0, 0.1, 5)
+    x0 = init_samples((200, 2), "uniform", generator=torch.Generator().manual_seed(0), low=-8, high=8)
+    x = annealed_langevin(seed003_mixture().score_fn(sig), x0, sig, eps=5e-4, steps_per_level=20,
+                          step_convention="paper", seed=0)
+    assert x.abs().max() < escape_bound(x0, 10.0) / ESCAPE_FACTOR * 10

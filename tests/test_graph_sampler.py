@@ -128,8 +128,9 @@ def test_toy_score_vanilla_and_hmc_match_reference(tol):
     _assert_close(vanilla.sample(4, seed=9, x0=x0),
                   _reference(at_level_2, x0, 4, 9, sigmas=[0.3], eps=0.05, steps_per_level=6,
                              step_convention="paper"), tol)
-    # EXPERIMENTAL HMC: two leapfrog steps per iteration, momentum from the same stream
-    kw = dict(eps=0.01, steps_per_level=3, step_convention="paper", leapfrog_steps=2)
+    # EXPERIMENTAL HMC: two leapfrog steps per iteration, momentum from the same stream (eps 1e-5: leapfrog
+    # step h = 0.32 at sigma_1; eps 0.01 made h = 10 and the chain blew up past the divergence bound)
+    kw = dict(eps=1e-5, steps_per_level=3, step_convention="paper", leapfrog_steps=2)
     hmc = GraphSampler(_lin_score, 4, sigmas=sig, data_shape=(5,), use_graphs=False, method="hmc", **kw)
     _assert_close(hmc.sample(4, seed=1, x0=x0), _reference(_lin_score, x0, 4, 1, hmc_annealed, sigmas=sig, **kw), tol)
 

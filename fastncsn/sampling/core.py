@@ -125,27 +125,49 @@ def check_model_levels(sigmas, model) -> None:
                          "GraphSampler(model_levels=...) maps other ladders onto the model's levels")
 
 
-class SamplingDivergedError(FloatingPointError):
-    """The samples became non-finite (NaN or inf) while sampling.
+#: samples further from 0 than ESCAPE_FACTOR * (1 + sigma_1 + max|x0|) count as diverged: annealed
+#: Langevin keeps them within a few sigma_1 of the data, so this only fires on a run that blew up
+#: (e.g. ``eps`` many orders of magnitude too large: finite but astronomically large samples)
+ESCAPE_FACTOR = 1e4
 
-    ``level`` is the 1-based noise level after which the first non-finite value was seen
+
+def escape_bound(x0: torch.Tensor, sigma_1: float) -> float:
+    """The magnitude beyond which samples started at ``x0`` count as diverged (one host sync)."""
+    return ESCAPE_FACTOR * (1.0 + abs(float(sigma_1)) + float(x0.detach().abs().max()))
+
+
+class SamplingDivergedError(FloatingPointError):
+    """The samples became non-finite (NaN or inf), or blew up beyond :func:`escape_bound`, while sampling.
+
+    ``level`` is the 1-based noise level after which the first such value was seen
     (``num_levels + 1``: the final denoising step), ``step`` the step when known (else ``None``).
     Usual causes: a step size (``eps``) too large for the ladder, or a score model that returns NaN.
     """
 
-    def __init__(self, level: int, num_levels: int, step: Optional[int] = None):
-        self.level, self.num_levels, self.step = level, num_levels, step
+    def __init__(self, level: int, num_levels: int, step: Optional[int] = None, bound: Optional[float] = None):
+        self.level, self.num_levels, self.step, self.bound = level, num_levels, step, bound
         where = "the final denoising step" if level > num_levels else f"level {level} of {num_levels}"
         if step is not None:
             where += f", step {step}"
-        super().__init__(f"sampling diverged: non-finite samples (NaN or inf) after {where}; "
+        what = "non-finite samples (NaN or inf)" + (f" or samples beyond +-{bound:.3g}" if bound else "")
+        super().__init__(f"sampling diverged: {what} after {where}; "
                          "the step size (eps) is likely too large, or the score model returned NaN")
 
 
-def check_finite_level(x: torch.Tensor, level: int, num_levels: int, step: Optional[int] = None) -> None:
-    """Raise :class:`SamplingDivergedError` unless ``x`` is finite (one host sync: call once per level)."""
-    if not bool(torch.isfinite(x).all()):
-        raise SamplingDivergedError(level, num_levels, step)
+def diverged(x: torch.Tensor, bound: Optional[float] = None) -> torch.Tensor:
+    """A device bool: ``x`` holds NaN/inf, or (with ``bound``) a value beyond ``+-bound``.  No host sync."""
+    bad = ~torch.isfinite(x).all()
+    if bound is not None:
+        bad = bad | (x.detach().abs().amax() > bound)
+    return bad
+
+
+def check_finite_level(x: torch.Tensor, level: int, num_levels: int, step: Optional[int] = None,
+                       bound: Optional[float] = None) -> None:
+    """Raise :class:`SamplingDivergedError` if ``x`` diverged (:func:`diverged`; one host sync: call once
+    per level)."""
+    if bool(diverged(x, bound)):
+        raise SamplingDivergedError(level, num_levels, step, bound)
 
 
 def check_mask(mask, known, x: torch.Tensor):

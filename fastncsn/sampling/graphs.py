@@ -53,7 +53,7 @@ from ..devices import resolve_graph_device
 from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
 from .core import (SamplerSettings, SamplingDivergedError, check_count, check_mask, check_model_levels, chunks,
-                   eval_mode, init_samples, model_device, use_backend)
+                   diverged, escape_bound, eval_mode, init_samples, model_device, use_backend)
 from .network_format import LAYOUTS, WEIGHT_MODES, SamplerNetwork
 
 __all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "capture_graph", "PRECISIONS", "CAPTURE_MODES",
@@ -230,6 +230,7 @@ class GraphSampler:
         # first level (0-based; num_levels = the denoising step) whose samples were NaN/inf, -1: none;
         # updated on the device after every level, read once per sample() call
         self.first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        self._escape = None   #: the divergence bound of the current sample() call (escape_bound)
         self.level_ids = torch.arange(self.num_levels + 1, device=dev)
         self.mask = self.known = self.known_i = self.p = None
         if self.method == "hmc":
@@ -392,8 +393,9 @@ class GraphSampler:
         return {name: g.replay for name, g in graphs.items()}
 
     def _mark_nonfinite(self, i: int, m: int) -> None:
-        """first_bad <- i if the m real rows hold NaN/inf and no earlier level did (device-side, no host sync)."""
-        bad = ~torch.isfinite(self.x[:m]).all() & (self.first_bad < 0)
+        """first_bad <- i if the m real rows hold NaN/inf or blew up (``diverged``) and no earlier level did
+        (device-side, no host sync)."""
+        bad = diverged(self.x[:m], self._escape) & (self.first_bad < 0)
         self.first_bad.copy_(torch.where(bad, self.level_ids[i], self.first_bad))
 
     def _run(self, prog: dict, m: int) -> None:
@@ -495,6 +497,7 @@ class GraphSampler:
             self.seed.fill_(seed)
             self.offset.zero_()
             self.first_bad.fill_(-1)
+            self._escape = escape_bound(x0, float(self.sigma_table[0]))
             for start, m in chunks(n, self.batch_size):
                 self._load(self.x, x0[start:start + m])
                 if inpaint:
@@ -509,7 +512,7 @@ class GraphSampler:
                     snaps[:, start:start + m].copy_(self.snaps[:self.num_snapshots, :m])
         bad = int(self.first_bad)   # the one host read of the divergence flag
         if bad >= 0:
-            raise SamplingDivergedError(bad + 1, self.num_levels)
+            raise SamplingDivergedError(bad + 1, self.num_levels, bound=self._escape)
         return (out, snaps) if snaps is not None else out
 
 

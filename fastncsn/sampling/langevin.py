@@ -22,6 +22,7 @@ import torch
 from ..ops import langevin_step_ref
 from ..schedules import validate_sigmas
 from .core import (NCSN_SAMPLING, Snapshots, check_batch, check_count, check_eps, check_finite_level, check_mask,
+                   escape_bound,
                    make_generator, progress_bar, randn, step_sizes)
 
 __all__ = ["langevin", "annealed_langevin", "hmc_annealed"]
@@ -60,10 +61,11 @@ def langevin(score_fn: ScoreFn, x: torch.Tensor, eps: float, steps: int,
     snaps = Snapshots(snapshot_every, steps, x)
     a = torch.tensor(float(eps), dtype=x.dtype, device=x.device)
     levels = _levels(x.shape[0], level, x.device)
+    bound = escape_bound(x, 0.0)
     for _ in range(steps):
         x = step(x, score_fn(x, levels), a, draw(x), clamp=clamp)
         snaps(x)
-    check_finite_level(x, 1, 1)
+    check_finite_level(x, 1, 1, bound=bound)
     return (x, snaps.buf) if snapshot_every else x
 
 
@@ -126,6 +128,7 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _
     step = step_fn or langevin_step_ref
     L, n = sig.numel(), x.shape[0]
     snaps = Snapshots(snapshot_every, L * steps_per_level, x)
+    bound = escape_bound(x, sig[0])
     x = x.clone()
     for i in progress_bar(range(L), progress, "annealed Langevin"):
         levels = _levels(n, i, x.device)
@@ -137,12 +140,12 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _
             z = draw(x)
             x = step(x, score_fn(x, levels), alphas[i], z, mask=mask, known=known_i, clamp=clamp)
             snaps(x)
-        check_finite_level(x, i + 1, L)   # one host sync per level, not per step
+        check_finite_level(x, i + 1, L, bound=bound)   # one host sync per level, not per step
     if denoise:
         x = x + sig[-1] ** 2 * score_fn(x, _levels(n, L - 1, x.device))
         if mask is not None:
             x = torch.where(mask, known, x)
-        check_finite_level(x, L + 1, L)
+        check_finite_level(x, L + 1, L, bound=bound)
     return (x, snaps.buf) if snapshot_every else x
 
 
@@ -170,6 +173,7 @@ def hmc_annealed(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _EPS, 
     check_count(leapfrog_steps, "leapfrog_steps")
     draw = _noise_source(noise_fn, seed, generator, x.device)
     n = x.shape[0]
+    bound = escape_bound(x, float(validate_sigmas(sigmas, "sigmas")[0]))
     x = x.clone()
     for i in progress_bar(range(alphas.numel()), progress, "annealed HMC"):
         levels = _levels(n, i, x.device)
@@ -182,5 +186,5 @@ def hmc_annealed(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _EPS, 
                 x = x + h * p
                 s = score_fn(x, levels)
                 p = p + h / 2 * s
-        check_finite_level(x, i + 1, alphas.numel())
+        check_finite_level(x, i + 1, alphas.numel(), bound=bound)
     return x
