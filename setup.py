@@ -50,7 +50,7 @@ setup(
         "plots": ["matplotlib"],
         # what CI tests with: Triton too on Linux (its kernels' tests run under the interpreter on a CPU);
         # .ci/run pins torch and triton before installing this extra, so CI keeps its versions
-        "test": ["pytest", "pytest-benchmark", "scipy", "matplotlib", 'triton>=3.0; platform_system == "Linux"'],
+        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "scipy", "matplotlib", 'triton>=3.0; platform_system == "Linux"'],
     },
     entry_points={"console_scripts": ["fastncsn=fastncsn.cli:main"]},
     ext_modules=ext_modules,
