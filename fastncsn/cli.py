@@ -1,7 +1,7 @@
 """The ``fastncsn`` command: sample, train, inpaint, schedule.
 
 Every subcommand has ``--help``; expected failures (missing files, bad values,
-corrupt checkpoints) print one ``fastncsn: error: ...`` line and exit with 2.
+corrupt checkpoints) print one ``fastncsn <command>: error: ...`` line and exit with 2.
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def _cmd_train(a) -> int:
             raise CLIError(_TRAIN_FLAGS[name] + ":" + rest.replace("another out_dir", "another --out")) from None
         raise
     except FloatingPointError as exc:  # diverged: the last finite checkpoint is kept
-        print(f"fastncsn: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"fastncsn train: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 3
     except TrainingInterrupted as exc:  # saved; 143 (SIGTERM) / 130 (SIGINT), said even with --quiet
         print(f"fastncsn: {exc}", file=sys.stderr)
@@ -517,7 +517,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rc = args.func(args)
     except (CLIError, CheckpointError, ValueError, TypeError, FileNotFoundError, OSError, FloatingPointError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"fastncsn: error: {msg}", file=sys.stderr)
+        print(f"fastncsn {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastncsn: interrupted", file=sys.stderr)

@@ -74,7 +74,8 @@ def test_errors_are_one_line(tiny_ckpt, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "fastncsn", *args], capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 2, (args, proc.stderr)
-        assert proc.stderr.startswith("fastncsn: error:") and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.startswith(f"fastncsn {args[0]}: error:") and "Traceback" not in proc.stderr, \
+            (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
@@ -138,9 +139,9 @@ def test_train_fast_precision_compile_tensorboard_flags(tmp_path, fake_train, mo
     capsys.readouterr()
     # impossible combinations, refused by the real train before any work: one line naming the flag, exit 2
     monkeypatch.undo()
-    for flags, start in [(["--no-fast", "--precision", "bf16"], "fastncsn: error: --precision:"),
-                         (["--no-fast", "--compile"], "fastncsn: error: --compile:"),
-                         (["--fast", "--compile"], "fastncsn: error: --compile:")]:
+    for flags, start in [(["--no-fast", "--precision", "bf16"], "fastncsn train: error: --precision:"),
+                         (["--no-fast", "--compile"], "fastncsn train: error: --compile:"),
+                         (["--fast", "--compile"], "fastncsn train: error: --compile:")]:
         assert main(base + flags) == 2, flags
         err = capsys.readouterr().err
         assert err.startswith(start) and len(err.strip().splitlines()) == 1, (flags, err)
@@ -173,9 +174,9 @@ def test_sample_fast_and_precision_flags(tiny_ckpt, tmp_path, capsys, monkeypatc
     assert main(base) == 0 and (seen[-1]["fast"], seen[-1]["precision"]) == (False, None)  # CPU: auto = reference
     capsys.readouterr()
     # a CPU cannot run the CUDA-graph sampler, nor bf16 (reference sampler only): one line each, exit 2
-    for flags, start in [(["--fast"], "fastncsn: error: --fast:"),
-                         (["--precision", "bf16"], "fastncsn: error: --precision:"),
-                         (["--fast", "--precision", "bf16"], "fastncsn: error: --fast:")]:
+    for flags, start in [(["--fast"], "fastncsn sample: error: --fast:"),
+                         (["--precision", "bf16"], "fastncsn sample: error: --precision:"),
+                         (["--fast", "--precision", "bf16"], "fastncsn sample: error: --fast:")]:
         assert main(base + flags) == 2, flags
         err = capsys.readouterr().err
         assert err.startswith(start) and len(err.strip().splitlines()) == 1, (flags, err)

@@ -31,7 +31,7 @@ def _log_steps(out):
 
 def _one_line_error(capsys, *needles):
     err = capsys.readouterr().err
-    assert err.startswith("fastncsn: error:") and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fastncsn train: error:") and len(err.strip().splitlines()) == 1, err
     for n in needles:
         assert n in err, (n, err)
     return err
