@@ -186,6 +186,10 @@ def test_cache_reuses_sampler_and_program():
     assert s1.programs_built == 2                      # inpainting is its own program
     assert get_graph_sampler(model, 3, **kw) is not s1  # another shape
     assert get_graph_sampler(model, 2, **dict(kw, steps_per_level=2)) is not s1
+    model.set_backend("triton")                          # graphs captured with other norm backends: rebuilt
+    assert get_graph_sampler(model, 2, **kw) is not s1
+    model.set_backend("torch")
+    assert get_graph_sampler(model, 2, **kw) is s1
     clear_graph_cache()
     assert get_graph_sampler(model, 2, **kw) is not s1
 

@@ -551,13 +551,15 @@ def _frozen(v):
 
 
 def _cache_key(model, batch_size: int, settings: dict) -> tuple:
-    storage = ()
+    storage = backends = ()
     if isinstance(model, torch.nn.Module):
         # re-allocated weights (e.g. model.to(other device)) must not replay a stale graph
         storage = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
+        # a graph captured with the norms on one backend must not replay after they were switched
+        backends = tuple(m.backend for m in model.modules() if isinstance(getattr(m, "backend", None), str))
     device = settings.get("device")
     device = str(torch.device(device)) if device is not None else str(model_device(model))
-    return (id(model), storage, device, batch_size,
+    return (id(model), storage, backends, device, batch_size,
             tuple(sorted((k, _frozen(v)) for k, v in settings.items() if k != "device")))
 
 
