@@ -6,7 +6,7 @@
 One step is run *as the fast path runs it* -- :meth:`fastncsn.sampling.GraphSampler.step_once`
 (the body a captured graph replays: autocast, channels-last input, the fused-op backend that
 ``auto`` picks on a GPU) or, with ``--training``, the fast DSM training step
-(``fastncsn.fast_training``: ``prepare_fast_model`` without compile, ``dsm_step``, fused Adam) --
+(``fastncsn.training``: ``prepare_fast_model`` without compile, ``dsm_step``, fused Adam) --
 on fake tensors (``torch._subclasses.FakeTensorMode``) that claim device ``cuda:0``.  Nothing
 is computed and CUDA is never touched: ``torch.cuda.is_available`` / ``is_bf16_supported`` /
 ``current_device`` answer as on an H100 inside the tracer only (see :func:`fake_cuda`).
@@ -14,7 +14,7 @@ A ``TorchDispatchMode`` records every aten / custom op:
 
 * **kernels**: 1 per op that launches work; views and metadata ops (``view``, ``as_strided``,
   ``expand``, ``t``, ``permute``, ``detach``, ``empty*`` ...) count 0.  A custom op
-  (``fastncsn::cin_plus_fwd``, ``fastncsn::langevin_step_``) is one kernel.  ``_foreach_*`` and
+  (``fastncsn::cin_plus_fwd``, ``cin_plus_glue_fwd``, ``avg_pool5x5``, ``langevin_step_``) is one kernel.  ``_foreach_*`` and
   fused optimizer ops count 1 (multi_tensor_apply may launch a few: a lower bound).
 * **convolution on CUDA** follows ATen's cuDNN path (``_convolution`` in
   ``aten/src/ATen/native/Convolution.cpp``): the conv kernel, plus a layout copy of the input
@@ -300,7 +300,7 @@ class TrafficRecorder(TorchDispatchMode):
                      next((t.dtype for t in ins if t.is_floating_point()), ""))
         shape = written_t[0].shape if written_t else (ins[0].shape if ins else ())
         if ns == "fastncsn":
-            kind = "langevin" if "langevin" in name else "cin++"
+            kind = "langevin" if "langevin" in name else "pool" if "pool" in name else "cin++"
             self._add(str(func), kind, 1, read, written, 10 * sum(t.numel() for t in written_t), dtype, shape=shape)
             return
         if name == "convolution":
@@ -544,15 +544,22 @@ def _check(batch, precision):
         raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
 
 
-def trace_sampling_step(config: str, batch: int, precision: str = "bf16", **sampler_options) -> Report:
+def trace_sampling_step(config: str, batch: int, precision: str = "bf16", fused_pool: bool = False,
+                        fused_glue: bool = False, **sampler_options) -> Report:
     """One Langevin step of :class:`fastncsn.sampling.GraphSampler` (its ``step_once``: the body a
     captured graph replays) for the network of ``config`` at ``batch``, traced on fake CUDA tensors.
 
-    ``sampler_options`` go to ``GraphSampler`` (e.g. ``channels_last=False``, ``backend="torch"``);
-    ``use_graphs`` is False (capture needs a GPU; the traced body is the same)."""
+    ``sampler_options`` go to ``GraphSampler`` (e.g. ``channels_last=False``, ``backend="torch"``,
+    ``layout=``, ``weights=``); ``fused_pool`` / ``fused_glue`` switch the model's fused 5x5 pool and
+    CIN++ glue fusion on (``fastncsn.nn.set_fused_pool`` / ``set_fused_glue``); ``use_graphs`` is
+    False (capture needs a GPU; the traced body is the same)."""
     from fastncsn.sampling import GraphSampler
     _check(batch, precision)
     model = build_model(config)
+    if fused_pool or fused_glue:
+        from fastncsn.nn import set_fused_glue, set_fused_pool
+        set_fused_pool(model, fused_pool)
+        set_fused_glue(model, fused_glue)
     sigmas = model.sigmas.clone()
     rec = TrafficRecorder()
     with fake_cuda():
@@ -563,17 +570,17 @@ def trace_sampling_step(config: str, batch: int, precision: str = "bf16", **samp
         # the module that runs: the model itself, or the sampler's private copy (layout/weights options)
         with _phases(sampler.net.module, rec), rec:
             sampler.step_once()
-    return Report(config, batch, precision, "sampling step", dict(sampler_options, step_backend=sampler.step_backend),
+    return Report(config, batch, precision, "sampling step",
+                  dict(sampler_options, fused_pool=fused_pool, fused_glue=fused_glue, step_backend=sampler.step_backend),
                   rec.ops)
 
 
 def trace_training_step(config: str, batch: int = 128, precision: str = "bf16", lr: float = 1e-3) -> Report:
-    """One fast DSM training step (``fastncsn.fast_training``): ``prepare_fast_model`` (channels-last
+    """One fast DSM training step (``fastncsn.training``): ``prepare_fast_model`` (channels-last
     weights, fused norms; *no* regional compile -- Inductor cannot run on fake tensors here, so the
     blocks' glue is counted eagerly: an upper bound), zero_grad, ``dsm_step`` (forward under autocast,
     fp32 loss, backward) and the fused Adam step, on fake CUDA tensors."""
-    # the training package is being moved; this import follows it at merge time
-    from fastncsn.fast_training import dsm_step, make_optimizer, prepare_fast_model
+    from fastncsn.training import dsm_step, make_optimizer, prepare_fast_model
     _check(batch, precision)
     model = build_model(config)
     sigmas = model.sigmas.clone()

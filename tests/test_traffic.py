@@ -97,3 +97,13 @@ def test_conv_output_follows_cudnn_layout():
             y = torch.nn.functional.conv2d(x, w, padding=1)
             torch.nn.functional.conv2d(y, w, padding=1)
     assert [r.kind for r in rec.ops] == ["conv", "conv"] and all(r.nhwc for r in rec.ops)
+
+
+def test_candidate_with_fusions_budget():
+    """The candidate plus the fused 5x5 pool and the CIN++ glue fusion (set_fused_pool / set_fused_glue),
+    measured 2026-12-01: MNIST b1000 222 kernels / 29.61 GB (the glue fusion saves 17 kernels and
+    1.68 GB; the pool moves the same bytes, its gain is bandwidth, which bytes cannot show)."""
+    rep = trace_sampling_step("mnist", 1000, "bf16", fused_pool=True, fused_glue=True, **CANDIDATE)
+    assert rep.kernels <= 233 and rep.gb <= 31.1, rep.by_kind()
+    assert rep.by_kind()["pool"]["kernels"] == 8 and rep.options["fused_pool"]
+    assert not rep.violations()["nchw"] and not rep.violations()["fp32"]
