@@ -143,11 +143,13 @@ def _cmd_sample(a) -> None:
     print(f"fastncsn: {a.n} samples in {time.time() - t0:.1f} s -> {', '.join(written)}")
 
 
-#: ``train``'s argument names -> the ``train`` command's flags (its ValueErrors start with the name)
-_TRAIN_FLAGS = {"fast": "--fast", "precision": "--precision", "compile": "--compile", "graph": "--graph",
-                "keep_last": "--keep-last",
-                "out_dir": "--out", "allow_changed_settings": "--allow-changed-settings", "steps": "--steps",
-                "batch_size": "--batch-size", "lr": "--lr", "checkpoint_every": "--checkpoint-every"}
+#: Python argument names -> the commands' flags: a ValueError from the library starts with the argument's
+#: name, and the one-line CLI error names the flag instead
+_ARG_FLAGS = {"fast": "--fast", "precision": "--precision", "compile": "--compile", "graph": "--graph",
+              "keep_last": "--keep-last", "out_dir": "--out", "allow_changed_settings": "--allow-changed-settings",
+              "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "checkpoint_every": "--checkpoint-every",
+              "steps_per_level": "--steps-per-level", "eps": "--eps", "step_convention": "--step-convention",
+              "seed": "--seed", "device": "--device", "backend": "--backend", "n": "--n"}
 
 
 def _cmd_train(a) -> int:
@@ -181,9 +183,9 @@ def _cmd_train(a) -> int:
     except ValueError as exc:
         # train checks its arguments, --out and a resume's settings before any work; name the flag
         name, _, rest = str(exc).partition(":")
-        if name in _TRAIN_FLAGS and rest:
+        if name in _ARG_FLAGS and rest:
             rest = rest.replace("allow_changed_settings=True", "--allow-changed-settings")
-            raise CLIError(_TRAIN_FLAGS[name] + ":" + rest.replace("another out_dir", "another --out")) from None
+            raise CLIError(_ARG_FLAGS[name] + ":" + rest.replace("another out_dir", "another --out")) from None
         raise
     except FloatingPointError as exc:  # diverged: the last finite checkpoint is kept
         print(f"fastncsn train: error: {str(exc).splitlines()[0]}", file=sys.stderr)
@@ -517,6 +519,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rc = args.func(args)
     except (CLIError, CheckpointError, ValueError, TypeError, FileNotFoundError, OSError, FloatingPointError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        name, sep, rest = msg.partition(":")
+        if sep and isinstance(exc, (ValueError, TypeError)) and name in _ARG_FLAGS:
+            msg = _ARG_FLAGS[name] + ":" + rest       # name the flag, not the Python argument
         print(f"fastncsn {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -267,3 +267,13 @@ def test_escape_bound_spares_a_healthy_run():
     x = annealed_langevin(seed003_mixture().score_fn(sig), x0, sig, eps=5e-4, steps_per_level=20,
                           step_convention="paper", seed=0)
     assert x.abs().max() < escape_bound(x0, 10.0) / ESCAPE_FACTOR * 10
+
+
+@pytest.mark.parametrize("flags, flag", [(["--batch-size", "0"], "--batch-size"),
+                                         (["--steps-per-level", "0"], "--steps-per-level"),
+                                         (["--eps", "-1"], "--eps")])
+def test_cli_sample_errors_name_the_flag(tiny_ckpt, tmp_path, capsys, no_sampling, flags, flag):
+    """The library's ValueError names the Python argument (batch_size, steps_per_level, eps); the one-line
+    CLI error names the flag, before any sampling."""
+    _cli_error(["sample", "--checkpoint", tiny_ckpt, "--n", "2", "--quiet", "--out", str(tmp_path / "s.png")]
+               + flags, capsys, flag)
