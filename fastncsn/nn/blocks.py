@@ -23,14 +23,18 @@ from ..ops import avg_pool5x5
 NormFactory = Optional[Callable[[int], nn.Module]]
 
 
+def fused_op_modules(module: nn.Module) -> list:
+    """The modules of ``module`` that run a fused op (the norms): those with a ``backend`` string."""
+    return [m for m in module.modules() if isinstance(getattr(m, "backend", None), str)]
+
+
 def set_backend(module: nn.Module, backend: str) -> None:
     """Set the fused-op ``backend`` ("auto" | "triton" | "cuda" | "torch") of every norm in ``module``."""
     from ..ops import BACKENDS
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    for m in module.modules():
-        if hasattr(m, "backend") and not isinstance(getattr(m, "backend"), nn.Module):
-            m.backend = backend
+    for m in fused_op_modules(module):
+        m.backend = backend
 
 
 def set_fused_pool(module: nn.Module, enabled: bool = True, backend: str = "auto") -> nn.Module:

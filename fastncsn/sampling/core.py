@@ -396,8 +396,8 @@ def use_backend(model, backend: Optional[str]):
     from ..ops import BACKENDS
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    norms = [m for m in model.modules() if isinstance(getattr(m, "backend", None), str)] \
-        if isinstance(model, torch.nn.Module) else []
+    from ..nn import fused_op_modules
+    norms = fused_op_modules(model) if isinstance(model, torch.nn.Module) else []
     if not norms:
         if backend != "auto":
             raise ValueError(f"backend: model {type(model).__name__} has no fused ops; use backend=None or 'auto'")

@@ -50,6 +50,7 @@ import torch
 
 from .. import ops
 from ..devices import resolve_graph_device
+from ..nn import fused_op_modules
 from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
 from .core import (SamplerSettings, SamplingDivergedError, check_count, check_mask, check_model_levels, chunks,
@@ -556,7 +557,7 @@ def _cache_key(model, batch_size: int, settings: dict) -> tuple:
         # re-allocated weights (e.g. model.to(other device)) must not replay a stale graph
         storage = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
         # a graph captured with the norms on one backend must not replay after they were switched
-        backends = tuple(m.backend for m in model.modules() if isinstance(getattr(m, "backend", None), str))
+        backends = tuple(m.backend for m in fused_op_modules(model))
     device = settings.get("device")
     device = str(torch.device(device)) if device is not None else str(model_device(model))
     return (id(model), storage, backends, device, batch_size,

@@ -45,6 +45,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..nn import fused_op_modules
+
 __all__ = ["LAYOUTS", "WEIGHT_MODES", "SamplerNetwork", "nhwc_strides", "to_nhwc", "is_nhwc"]
 
 #: memory formats of the network input (and weights), old default first
@@ -125,8 +127,9 @@ class SamplerNetwork:
         dst.update(net.named_buffers(remove_duplicate=False))
         self._pairs = [(dst[name], src[name]) for name in dst]
         src_mods = dict(self.model.named_modules(remove_duplicate=False))
+        fused = {id(m) for m in fused_op_modules(net)}
         self._backend_pairs = [(m, src_mods[name]) for name, m in net.named_modules(remove_duplicate=False)
-                               if isinstance(getattr(m, "backend", None), str)]
+                               if id(m) in fused]
         return net
 
     def _input_fn(self, state: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -32,6 +32,8 @@ from typing import Optional, Union
 
 import torch
 
+from ..nn import fused_op_modules
+
 __all__ = ["PRECISIONS", "resolve_fast_options", "prepare_fast_model", "release_fast_model", "make_optimizer",
            "make_capturable"]
 
@@ -111,7 +113,7 @@ def prepare_fast_model(model: torch.nn.Module, device, precision: str = "bf16",
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    norms = [m for m in model.modules() if isinstance(getattr(m, "backend", None), str)]
+    norms = fused_op_modules(model)
     saved_backends = [m.backend for m in norms]
     if backend is not None and hasattr(model, "set_backend"):
         model.set_backend(backend)
