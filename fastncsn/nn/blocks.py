@@ -212,12 +212,26 @@ class CRPBlock(nn.Module):
             if self.pool == "avg" and self.fused_pool:
                 path = avg_pool5x5(path, backend=self.pool_backend)
             elif self.pool == "avg":
-                path = F.avg_pool2d(path, 5, stride=1, padding=2)  # count_include_pad=True, as nn.AvgPool2d
+                path = _avg_pool5x5(path)
             else:
                 path = F.max_pool2d(path, 5, stride=1, padding=2)
             path = conv(path)
             x = path + x
         return x
+
+
+def _avg_pool5x5(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 5, stride=1, padding=2)`` (``count_include_pad=True``, as ``nn.AvgPool2d``).
+
+    On the CPU the same sum of the 25 zero-padded neighbours divided by 25 is computed as a
+    depthwise convolution with a kernel of ones: ~6x faster there than ``F.avg_pool2d``
+    (oneDNN), and the same value up to the order of the additions.
+    """
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return F.avg_pool2d(x, 5, stride=1, padding=2)
+    c = x.shape[1]
+    ones = torch.ones(c, 1, 5, 5, dtype=x.dtype)
+    return F.conv2d(x, ones, padding=2, groups=c).div_(25.0)
 
 
 class MSFBlock(nn.Module):

@@ -146,8 +146,11 @@ def cond_instance_norm_plus_ref(x: torch.Tensor, level: torch.Tensor, weight: to
         x = x + bias.to(x.dtype)[None, :, None, None]
     xf = x.float()
     mu = xf.mean(dim=(2, 3))                                   # [N, C]
-    var = xf.var(dim=(2, 3), unbiased=False)                   # [N, C]
-    h = (xf - mu[:, :, None, None]) * torch.rsqrt(var + eps)[:, :, None, None]
+    # two-pass (biased) variance of the centred values: as accurate as torch.var's Welford
+    # pass and ~8x faster on the CPU, where torch.var over (H, W) is the slowest op of a forward
+    d = xf - mu[:, :, None, None]
+    var = d.square().mean(dim=(2, 3))                          # [N, C]
+    h = d * torch.rsqrt(var + eps)[:, :, None, None]
     if c > 1:
         m = mu.mean(dim=1, keepdim=True)
         v = mu.var(dim=1, keepdim=True, unbiased=True)
@@ -333,7 +336,9 @@ def _cin_plus_fwd_cpu(x, level_index, weight, eps, activation):
         return _launch_cin_fwd(x, level_index, weight, eps, activation)
     ref = cond_instance_norm_plus_ref(x, level_index, weight, eps, _activation_arg(activation))
     out = torch.empty_like(x, memory_format=dense_format(x)).copy_(ref)
-    var, mu = torch.var_mean(x.to(acc_dtype(x.dtype)), dim=(2, 3), unbiased=False)
+    xf = x.to(acc_dtype(x.dtype))
+    mu = xf.mean(dim=(2, 3))
+    var = (xf - mu[:, :, None, None]).square().mean(dim=(2, 3))   # two-pass, as the reference
     return out, mu, torch.rsqrt(var + eps)
 
 
