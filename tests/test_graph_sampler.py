@@ -100,6 +100,21 @@ def test_refinenet_matches_reference(tol, capture, batch, n, steps, snapshot_eve
 
 
 @pytest.mark.parametrize("capture", ["level", "step"])
+def test_ncsnv2_matches_reference(tol, capture):
+    """NCSNv2 (unconditional norms, output divided by sigma_i): the graph sampler reads the level
+    through the model's own sigma buffer, the same as the reference loop."""
+    from fastncsn.models import NCSNv2
+    torch.manual_seed(0)
+    model = NCSNv2(image_size=8, channels=1, ngf=4, num_levels=3, sigma_1=1.0, sigma_L=0.01, backend="torch").eval()
+    x0 = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    kw = dict(eps=3e-5, steps_per_level=2, step_convention="reference", denoise=True)
+    gs = GraphSampler(model, 2, precision="fp32", backend="torch", use_graphs=False, capture=capture, **kw)
+    got = gs.sample(3, seed=6, x0=x0)
+    want = _reference(model, x0, 2, 6, sigmas=model.sigmas, **kw)
+    _assert_close(got, want, tol)
+
+
+@pytest.mark.parametrize("capture", ["level", "step"])
 def test_refinenet_inpainting_and_denoise_match_reference(tol, capture):
     model = _model()
     x0 = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
