@@ -1,68 +1,102 @@
-"""Train (and export) the bundled digits model, fastncsn/assets/digits_ncsn.pt.
+"""Train, score and export the bundled digits model, fastncsn/assets/digits_ncsn.pt.
 
-The bundled model was made with exactly this script, on a 2-core CPU:
+The bundled model is made with exactly these commands, on a 2-core CPU (one thread per run):
 
-    python scripts/train_bundled_digits.py train 16 6000 64      # ngf, max steps, batch; saves every 500 steps
-    python scripts/train_bundled_digits.py export runs/pilot_ngf16.pt fastncsn/assets/digits_ncsn.pt WEIGHTS
+    python scripts/train_bundled_digits.py train                       # fastncsn train ... (prints it)
+    python scripts/train_bundled_digits.py export runs/bundled/checkpoint_XXXXXXXX.pt fastncsn/assets/digits_ncsn.pt
 
-(``train`` was stopped after the step recorded in the asset's metadata; ``export``
-writes the raw (``state_dict``) or EMA (``ema``) weights, as recorded in the
-asset's metadata, in fastncsn's checkpoint format with sampling defaults:
-reference step convention, eps 1e-4, 20 steps per level, final denoising.)
-
-Recipe: CondRefineNetDilated(28, 1, ngf, 10 levels, geometric 1 -> 0.01) on the
-embedded digits (sklearn, resized to 28x28), DSM with sigma^2 weighting, Adam
-lr 1e-3, batches drawn with replacement, dequantisation x*255/256 + U/256,
-EMA 0.999, one thread, seed 0.
+``train`` runs ``fastncsn train`` with the recipe below (checkpoints every 500 steps, resumable:
+rerun the same command after an interruption). ``export`` takes the EMA weights of one of its
+checkpoints, attaches the sampling defaults below, writes the asset, then *scores the written
+file* with the project's own metrics and stores the figures in its metadata (``extra["metrics"]``):
+digits-FID of 500 samples against all 1797 embedded digits (the shipped digits classifier's
+features), the class histogram of the first 100 and of all 500 samples (classifier labels), and
+the seconds that took. ``python scripts/train_bundled_digits.py score ASSET`` prints them again.
 """
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
 import sys
 import time
 
 import torch
 
-
-def train(ngf: int, steps: int, bs: int, out: str = "runs") -> None:
-    from fastncsn.data import embedded_digits
-    from fastncsn.models.refinenet import CondRefineNetDilated
-    from fastncsn.training import EMA, dsm_step
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    x_all, _ = embedded_digits()
-    model = CondRefineNetDilated(28, 1, ngf, 10)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    ema = EMA(model, 0.999)
-    g = torch.Generator().manual_seed(0)
-    t0 = time.time()
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, x_all.shape[0], (bs,), generator=g)
-        x = x_all[idx] * 255 / 256 + torch.rand(bs, 1, 28, 28, generator=g) / 256
-        out_ = dsm_step(model, x, model.sigmas, generator=g, optimizer=opt, ema=ema)  # levels, noise from g
-        if step % 50 == 0:
-            print(step, f"{out_.loss.item():.3f}", f"{(time.time() - t0) / step:.2f}s/step", flush=True)
-        if step % 500 == 0:
-            torch.save({"config": model.config, "state_dict": model.state_dict(), "ema": ema.state_dict(),
-                        "step": step}, f"{out}/pilot_ngf{ngf}.pt")
+#: the training run (``fastncsn train`` flags); see docs/results.md "The bundled model"
+#: (CondRefineNetDilated, 10 levels geometric 1 -> 0.01: the ``fastncsn train`` defaults; the CPU digits
+#: recipe of fastncsn.training.recipes with checkpoints kept every 500 steps; the asset is the checkpoint
+#: named in its metadata -- step 1500 scored best of 1500 / 2000 / 2500, see docs/results.md)
+RECIPE = dict(data="digits", steps=20000, ngf=8, lr=2e-3, ema=0.99, checkpoint_every=500, keep_last=40, seed=0)
+#: sampling defaults stored with the asset (what ``fastncsn sample`` uses unless told otherwise)
+SAMPLING = dict(eps=3e-5, steps_per_level=20, step_convention="reference", init="uniform", denoise=True)
+#: what ``export`` measures
+SCORE_N, CLASS_N, SCORE_SEED = 500, 100, 0
 
 
-def export(src: str, dst: str, weights: str = "ema", **sampling) -> None:
+def train_command(out: str = "runs/bundled") -> list[str]:
+    cmd = ["fastncsn", "train", "--out", out]
+    for k, v in RECIPE.items():
+        cmd += ["--" + k.replace("_", "-"), f"{v:g}" if isinstance(v, float) else str(v)]
+    return cmd
+
+
+def train(out: str = "runs/bundled") -> None:
+    cmd = train_command(out)
+    print("OMP_NUM_THREADS=1 " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def score(path: str, n: int = SCORE_N, seed: int = SCORE_SEED) -> dict:
+    """digits-FID of ``n`` samples drawn with the asset's own defaults, and class histograms."""
     import fastncsn
-    from fastncsn.models.refinenet import CondRefineNetDilated
-    ck = torch.load(src, weights_only=False)
-    model = CondRefineNetDilated(**ck["config"])
-    model.load_state_dict(ck[weights])
-    model.sampling_defaults = dict(eps=1e-4, steps_per_level=20, step_convention="reference", init="uniform",
-                                   denoise=True)
-    model.sampling_defaults.update(sampling)
-    fastncsn.save(model, dst, step=ck["step"], extra={
-        "trained_by": "python scripts/train_bundled_digits.py train 16 6000 64 (stopped at the step above), "
-                      f"then export ({weights} weights)",
-        "data": "embedded digits (sklearn load_digits, 1797 images, 28x28)"})
+    from fastncsn.metrics.extractors import digits_fid, shipped_digits_classifier
+    t0 = time.time()
+    x = fastncsn.sample(path, n=n, seed=seed, progress=False)
+    sample_s = time.time() - t0
+    with torch.no_grad():
+        labels = shipped_digits_classifier()(x.clamp(0, 1)).argmax(1)
+    first = torch.bincount(labels[:CLASS_N], minlength=10).tolist()
+    return {
+        f"digits_fid_{n}": round(digits_fid(x), 1),
+        "digits_fid_floor_500_real": 53.3,
+        f"classes_first_{CLASS_N}": first,
+        f"max_class_fraction_first_{CLASS_N}": max(first) / CLASS_N,
+        f"classes_all_{n}": torch.bincount(labels, minlength=10).tolist(),
+        "seed": seed,
+        "sample_s": round(sample_s, 1),
+        "threads": torch.get_num_threads(),
+        "measured": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
+    }
+
+
+def export(src: str, dst: str) -> dict:
+    import fastncsn
+    ck = torch.load(src, map_location="cpu", weights_only=False)
+    model = fastncsn.load(src)                      # the EMA weights
+    model.sampling_defaults = dict(SAMPLING)
+    extra = {
+        "trained_by": "OMP_NUM_THREADS=1 " + " ".join(train_command()) + f" (checkpoint of step {ck['step']}), "
+                      "then python scripts/train_bundled_digits.py export (EMA weights)",
+        "data": "embedded digits (sklearn load_digits, 1797 images, 28x28)",
+        "recipe": dict(RECIPE),
+    }
+    fastncsn.save(model, dst, step=ck["step"], extra=extra)
+    extra["metrics"] = score(dst)
+    fastncsn.save(model, dst, step=ck["step"], extra=extra)
+    print(json.dumps(extra["metrics"]))
+    return extra["metrics"]
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "train":
-        train(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
-    elif sys.argv[1] == "export":
-        export(sys.argv[2], sys.argv[3], *sys.argv[4:5])
+    if len(sys.argv) >= 2 and sys.argv[1] == "train":
+        train(*sys.argv[2:3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "export":
+        export(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 3 and sys.argv[1] == "score":
+        print(json.dumps(score(sys.argv[2])))
     else:
-        raise SystemExit("usage: train NGF STEPS BATCH | export SRC DST")
+        raise SystemExit("usage: train [OUT] | export CHECKPOINT ASSET | score ASSET")

@@ -14,6 +14,21 @@ def test_sample_bundled_model_offline():
     assert ck["sampling_defaults"]["step_convention"] == "reference"
 
 
+def test_bundled_asset_is_scored_and_small():
+    """Issue 18: the asset is written by scripts/train_bundled_digits.py export, which measures the
+    written file (digits-FID of 500 samples, classes of the first 100) and stores the figures; <= 10 MB."""
+    import os
+
+    from fastncsn.training.recipes import DATASET_SAMPLING
+    assert os.path.getsize(BUNDLED_PATH) <= 10 * 2 ** 20
+    ck = load_checkpoint(BUNDLED_PATH)
+    m = ck["extra"]["metrics"]
+    assert m["digits_fid_500"] > 0 and len(m["classes_first_100"]) == 10 and sum(m["classes_first_100"]) == 100
+    assert sum(m["classes_all_500"]) == 500 and m["max_class_fraction_first_100"] == max(m["classes_first_100"]) / 100
+    assert ck["sampling_defaults"] == DATASET_SAMPLING["digits"]     # scored with the defaults users get
+    assert ck["ema_state_dict"] is None and ck["extra"]["recipe"]["ema"] > 0   # EMA weights exported as the weights
+
+
 def test_sample_same_seed_same_samples_and_batching():
     model = fastncsn.load(BUNDLED_PATH)
     a = fastncsn.sample(model, n=4, steps_per_level=1, seed=3, progress=False)
