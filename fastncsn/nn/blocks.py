@@ -187,7 +187,8 @@ class CRPBlock(nn.Module):
     """Chained residual pooling: ELU, then ``n_stages`` x ([norm] -> 5x5 pool -> conv) summed.
 
     ``fused_pool`` (default False; set with ``set_fused_pool``) runs the average pool as the op
-    ``fastncsn.ops.avg_pool5x5`` (backend ``pool_backend``) instead of ``F.avg_pool2d``; same result.
+    ``fastncsn.ops.avg_pool5x5`` (backend ``pool_backend``) instead of ``F.avg_pool2d`` (on CPU
+    float32 tensors its depthwise-convolution form, ``_avg_pool5x5``); same result.
     """
 
     #: run the avg pool as ``fastncsn.ops.avg_pool5x5`` (plain attributes: not in the state dict)
