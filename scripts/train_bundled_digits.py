@@ -61,7 +61,6 @@ def score(path: str, n: int = SCORE_N, seed: int = SCORE_SEED) -> dict:
     first = torch.bincount(labels[:CLASS_N], minlength=10).tolist()
     return {
         f"digits_fid_{n}": round(digits_fid(x), 1),
-        "digits_fid_floor_500_real": 53.3,
         f"classes_first_{CLASS_N}": first,
         f"max_class_fraction_first_{CLASS_N}": max(first) / CLASS_N,
         f"classes_all_{n}": torch.bincount(labels, minlength=10).tolist(),
