@@ -29,8 +29,8 @@ import torch
 #: (CondRefineNetDilated, 10 levels geometric sigma_1 -> 0.01, the CPU digits recipe of
 #: fastncsn.training.recipes with checkpoints kept every 500 steps and sigma_1 = 15, the largest distance
 #: between two training digits (NCSNv2's first technique); the asset is the checkpoint named in its
-#: metadata -- step 3000 scored digits-FID 223.5 (500 samples) where the best checkpoint of the
-#: sigma_1 = 1 ladder had scored 296.3, see docs/results.md)
+#: metadata -- step 3500 scored digits-FID 206.7 (500 samples; 3000: 223.5, 4000: 228.0) where the best
+#: checkpoint of the sigma_1 = 1 ladder had scored 296.3, see docs/results.md)
 RECIPE = dict(data="digits", steps=20000, ngf=8, lr=2e-3, ema=0.99, sigma_1=15.0, checkpoint_every=500, keep_last=40,
               seed=0)
 #: sampling defaults stored with the asset (what ``fastncsn sample`` uses unless told otherwise)
