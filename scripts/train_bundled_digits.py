@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from fastncsn.training.recipes import DATASET_SAMPLING
+
 #: the training run (``fastncsn train`` flags); see docs/results.md "The bundled model"
 #: (CondRefineNetDilated, 10 levels geometric sigma_1 -> 0.01, the CPU digits recipe of
 #: fastncsn.training.recipes with checkpoints kept every 500 steps and sigma_1 = 15, the largest distance
@@ -33,8 +35,9 @@ import torch
 #: checkpoint of the sigma_1 = 1 ladder had scored 296.3, see docs/results.md)
 RECIPE = dict(data="digits", steps=20000, ngf=8, lr=2e-3, ema=0.99, sigma_1=15.0, checkpoint_every=500, keep_last=40,
               seed=0)
-#: sampling defaults stored with the asset (what ``fastncsn sample`` uses unless told otherwise)
-SAMPLING = dict(eps=3e-5, steps_per_level=20, step_convention="reference", init="uniform", denoise=True)
+#: sampling defaults stored with the asset (what ``fastncsn sample`` uses unless told otherwise): the
+#: digits defaults every ``fastncsn train --data digits`` checkpoint carries
+SAMPLING = DATASET_SAMPLING["digits"]
 #: what ``export`` measures
 SCORE_N, CLASS_N, SCORE_SEED = 500, 100, 0
 
