@@ -5,8 +5,9 @@ The bundled model is made with exactly these commands, on a 2-core CPU (one thre
     python scripts/train_bundled_digits.py train                       # fastncsn train ... (prints it)
     python scripts/train_bundled_digits.py export runs/bundled/checkpoint_XXXXXXXX.pt fastncsn/assets/digits_ncsn.pt
 
-``train`` runs ``fastncsn train`` with the recipe below (checkpoints every 500 steps, resumable:
-rerun the same command after an interruption). ``export`` takes the EMA weights of one of its
+``train`` runs ``fastncsn train`` once per stage below (the later stages resume the first's run
+directory with a lower learning rate and a longer EMA; resumable: rerun the same command after an
+interruption). ``export`` takes the EMA weights of one of its
 checkpoints, attaches the sampling defaults below, writes the asset, then *scores the written
 file* with the project's own metrics and stores the figures in its metadata (``extra["metrics"]``):
 digits-FID of 500 samples against all 1797 embedded digits (the shipped digits classifier's
@@ -27,14 +28,19 @@ import torch
 
 from fastncsn.training.recipes import DATASET_SAMPLING
 
-#: the training run (``fastncsn train`` flags); see docs/results.md "The bundled model"
-#: (CondRefineNetDilated, 10 levels geometric sigma_1 -> 0.01, the CPU digits recipe of
-#: fastncsn.training.recipes with checkpoints kept every 500 steps and sigma_1 = 15, the largest distance
-#: between two training digits (NCSNv2's first technique); the asset is the checkpoint named in its
-#: metadata -- step 3500 scored digits-FID 206.7 (500 samples; 3000: 223.5, 4000: 228.0) where the best
-#: checkpoint of the sigma_1 = 1 ladder had scored 296.3, see docs/results.md)
-RECIPE = dict(data="digits", steps=20000, ngf=8, lr=2e-3, ema=0.99, sigma_1=15.0, checkpoint_every=500, keep_last=40,
-              seed=0)
+#: the training run (``fastncsn train`` flags), in stages: the first trains the CPU digits recipe of
+#: fastncsn.training.recipes (CondRefineNetDilated ngf 8, 10 levels geometric sigma_1 -> 0.01, batch 64,
+#: Adam 2e-3, EMA 0.99) with sigma_1 = 15, the largest distance between two training digits (NCSNv2's
+#: first technique); each later stage resumes the same run directory with the flags it changes (the
+#: others as the stage before; ``--allow-changed-settings``; the checkpoints record each change): a step-wise decay of the learning
+#: rate (5e-4, 2e-4, 1e-4) with a longer EMA (0.998, 0.999).  The first stage ends at step 4997 because
+#: that is where session 7 stopped that run (a checkpoint holds the data order and the noise and RNG
+#: states, so a resumed run continues the same streams).  Digits-FID of 500 samples, seeds 0 / 1, at the end of each stage
+#: (session 8, docs/results.md "The bundled model"): step 3500 of the first stage (the previous asset)
+#: 206.7 / 260.7, 7000: 116.7 / 171.6, 8000: 93.8 / 130.9, 9000: 87.5 / 127.5.
+RECIPE = dict(data="digits", ngf=8, lr=2e-3, ema=0.99, sigma_1=15.0, checkpoint_every=500, keep_last=40, seed=0)
+STAGES = [dict(steps=4997), dict(steps=7000, lr=5e-4, ema=0.998, checkpoint_every=250),
+          dict(steps=8000, lr=2e-4, ema=0.999), dict(steps=9000, lr=1e-4)]
 #: sampling defaults stored with the asset (what ``fastncsn sample`` uses unless told otherwise): the
 #: digits defaults every ``fastncsn train --data digits`` checkpoint carries
 SAMPLING = DATASET_SAMPLING["digits"]
@@ -42,17 +48,33 @@ SAMPLING = DATASET_SAMPLING["digits"]
 SCORE_N, CLASS_N, SCORE_SEED = 500, 100, 0
 
 
-def train_command(out: str = "runs/bundled") -> list[str]:
-    cmd = ["fastncsn", "train", "--out", out]
-    for k, v in RECIPE.items():
-        cmd += ["--" + k.replace("_", "-"), f"{v:g}" if isinstance(v, float) else str(v)]
-    return cmd
+def train_commands(out: str = "runs/bundled") -> list[list[str]]:
+    """One ``fastncsn train`` command per stage (the later ones resume the first's run directory)."""
+    cmds, flags = [], dict(RECIPE)
+    for i, stage in enumerate(STAGES):
+        flags.update(stage)                          # a stage keeps what the earlier ones set
+        cmd = ["fastncsn", "train", "--out", out]
+        for k, v in flags.items():
+            cmd += ["--" + k.replace("_", "-"), f"{v:g}" if isinstance(v, float) else str(v)]
+        cmds.append(cmd + (["--allow-changed-settings"] if i else []))
+    return cmds
+
+
+def _newest_step(out: str) -> int:
+    import glob
+    steps = [int(os.path.basename(f)[len("checkpoint_"):-len(".pt")])
+             for f in glob.glob(os.path.join(out, "checkpoint_*.pt"))]
+    return max(steps, default=0)
 
 
 def train(out: str = "runs/bundled") -> None:
-    cmd = train_command(out)
-    print("OMP_NUM_THREADS=1 " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    """Run the stages in order; a stage the run directory has already passed is skipped, so rerunning
+    this after an interruption resumes where it stopped."""
+    for stage, cmd in zip(STAGES, train_commands(out)):
+        if _newest_step(out) >= stage["steps"]:
+            continue
+        print("OMP_NUM_THREADS=1 " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 def score(path: str, n: int = SCORE_N, seed: int = SCORE_SEED) -> dict:
@@ -84,10 +106,13 @@ def export(src: str, dst: str) -> dict:
     model = fastncsn.load(src)                      # the EMA weights
     model.sampling_defaults = dict(SAMPLING)
     extra = {
-        "trained_by": "OMP_NUM_THREADS=1 " + " ".join(train_command()) + f" (checkpoint of step {ck['step']}), "
-                      "then python scripts/train_bundled_digits.py export (EMA weights)",
+        "trained_by": " && ".join("OMP_NUM_THREADS=1 " + " ".join(c) for c in train_commands())
+                      + f" (checkpoint of step {ck['step']}), then python scripts/train_bundled_digits.py export"
+                      " (EMA weights)",
         "data": "embedded digits (sklearn load_digits, 1797 images, 28x28)",
         "recipe": dict(RECIPE),
+        "stages": [dict(st) for st in STAGES],
+        "settings_changes": ck.get("extra", {}).get("settings_changes", []),
     }
     fastncsn.save(model, dst, step=ck["step"], extra=extra)
     extra["metrics"] = score(dst)
