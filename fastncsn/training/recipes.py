@@ -21,7 +21,8 @@ GENERIC_RECIPE = dict(ngf=64, batch_size=128, lr=1e-3, ema_rate=None, steps=2000
 #: ``model.sampling_defaults``): for the digits 20 steps per level (NCSN uses 100), eps 3e-5 in
 #: the reference convention and a final denoising step.  eps was swept 2026-11-22 on a model
 #: trained with CPU_DIGITS_RECIPE (digits-FID of 100 samples, T = 20): 2e-4: 3089, 1e-4: 1118,
-#: 5e-5: 460, 3e-5: 363, 2e-5: 379; the bundled model (this recipe with sigma_1 = 15) uses them too.
+#: 5e-5: 460, 3e-5: 363, 2e-5: 379; the bundled model (this recipe with sigma_1 = 15, then a learning-rate
+#: decay; scripts/train_bundled_digits.py) uses them too (there 3e-5 beat 4e-5, docs/results.md).
 DATASET_SAMPLING = {
     "digits": dict(eps=3e-5, steps_per_level=20, step_convention="reference", init="uniform", denoise=True),
 }
