@@ -29,6 +29,28 @@ def test_bundled_asset_is_scored_and_small():
     assert ck["ema_state_dict"] is None and ck["extra"]["recipe"]["ema"] > 0   # EMA weights exported as the weights
 
 
+def test_bundled_asset_records_the_scripts_stages():
+    """The asset's metadata names the commands scripts/train_bundled_digits.py runs today, its step is the
+    last stage's, and the learning-rate changes it records happened where the stages say."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "train_bundled_digits.py")
+    spec = importlib.util.spec_from_file_location("train_bundled_digits", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ck = load_checkpoint(BUNDLED_PATH)
+    cmds = script.train_commands()
+    assert ck["extra"]["trained_by"].startswith(" && ".join("OMP_NUM_THREADS=1 " + " ".join(c) for c in cmds))
+    assert ck["step"] == script.STAGES[-1]["steps"]
+    changes = ck["extra"]["settings_changes"]
+    assert [c["step"] for c in changes] == [st["steps"] for st in script.STAGES[:-1]]
+    lr = [script.RECIPE["lr"]]
+    for st in script.STAGES[1:]:
+        lr.append(st.get("lr", lr[-1]))
+    assert [c["changes"]["lr"] for c in changes] == [[a, b] for a, b in zip(lr, lr[1:])]
+    assert all("--allow-changed-settings" in c for c in cmds[1:]) and "--allow-changed-settings" not in cmds[0]
+
+
 def test_sample_same_seed_same_samples_and_batching():
     model = fastncsn.load(BUNDLED_PATH)
     a = fastncsn.sample(model, n=4, steps_per_level=1, seed=3, progress=False)
