@@ -32,12 +32,13 @@ from fastncsn.training.recipes import DATASET_SAMPLING
 #: fastncsn.training.recipes (CondRefineNetDilated ngf 8, 10 levels geometric sigma_1 -> 0.01, batch 64,
 #: Adam 2e-3, EMA 0.99) with sigma_1 = 15, the largest distance between two training digits (NCSNv2's
 #: first technique); each later stage resumes the same run directory with the flags it changes (the
-#: others as the stage before; ``--allow-changed-settings``; the checkpoints record each change): a step-wise decay of the learning
-#: rate (5e-4, 2e-4, 1e-4) with a longer EMA (0.998, 0.999).  The first stage ends at step 4997 because
-#: that is where session 7 stopped that run (a checkpoint holds the data order and the noise and RNG
-#: states, so a resumed run continues the same streams).  Digits-FID of 500 samples, seeds 0 / 1, at the end of each stage
-#: (session 8, docs/results.md "The bundled model"): step 3500 of the first stage (the previous asset)
-#: 206.7 / 260.7, 7000: 116.7 / 171.6, 8000: 93.8 / 130.9, 9000: 87.5 / 127.5.
+#: others as the stage before; ``--allow-changed-settings``; the checkpoints record each change): a
+#: step-wise decay of the learning rate (5e-4, 2e-4, 1e-4) with a longer EMA (0.998, 0.999).  The first
+#: stage ends at step 4997 because that is where session 7 stopped that run (a checkpoint holds the data
+#: order and the noise and RNG states, so a resumed run continues the same streams).  Digits-FID of 500
+#: samples, seeds 0 / 1, at the end of each stage (session 8, docs/results.md "The bundled model"): step
+#: 3500 of the first stage (the previous asset) 206.7 / 260.7, 7000: 116.7 / 171.6, 8000: 93.8 / 130.9,
+#: 9000: 87.5 / 127.5.
 RECIPE = dict(data="digits", ngf=8, lr=2e-3, ema=0.99, sigma_1=15.0, checkpoint_every=500, keep_last=40, seed=0)
 STAGES = [dict(steps=4997), dict(steps=7000, lr=5e-4, ema=0.998, checkpoint_every=250),
           dict(steps=8000, lr=2e-4, ema=0.999), dict(steps=9000, lr=1e-4)]
@@ -60,11 +61,15 @@ def train_commands(out: str = "runs/bundled") -> list[list[str]]:
     return cmds
 
 
+def command_lines(out: str = "runs/bundled") -> str:
+    """The stages as one shell line (what the asset's metadata records as ``trained_by``)."""
+    return " && ".join("OMP_NUM_THREADS=1 " + " ".join(c) for c in train_commands(out))
+
+
 def _newest_step(out: str) -> int:
-    import glob
-    steps = [int(os.path.basename(f)[len("checkpoint_"):-len(".pt")])
-             for f in glob.glob(os.path.join(out, "checkpoint_*.pt"))]
-    return max(steps, default=0)
+    from fastncsn.training.resume import CKPT_REGEX, find_checkpoints
+    paths = find_checkpoints(out)                    # newest step first
+    return int(CKPT_REGEX.match(os.path.basename(paths[0])).group(1)) if paths else 0
 
 
 def train(out: str = "runs/bundled") -> None:
@@ -106,9 +111,8 @@ def export(src: str, dst: str) -> dict:
     model = fastncsn.load(src)                      # the EMA weights
     model.sampling_defaults = dict(SAMPLING)
     extra = {
-        "trained_by": " && ".join("OMP_NUM_THREADS=1 " + " ".join(c) for c in train_commands())
-                      + f" (checkpoint of step {ck['step']}), then python scripts/train_bundled_digits.py export"
-                      " (EMA weights)",
+        "trained_by": command_lines() + f" (checkpoint of step {ck['step']}), "
+                      "then python scripts/train_bundled_digits.py export (EMA weights)",
         "data": "embedded digits (sklearn load_digits, 1797 images, 28x28)",
         "recipe": dict(RECIPE),
         "stages": [dict(st) for st in STAGES],
