@@ -33,6 +33,7 @@ import pytest
 import torch
 
 import provenance
+from interrupted import pytest_benchmark_generate_json  # noqa: F401 -- the hook: a SIGINT keeps the finished records
 
 #: wall time one timed replay should take (ms); a replay holds ``calls`` op calls
 TARGET_CALL_MS = 2.0

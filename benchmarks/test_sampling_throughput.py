@@ -46,7 +46,7 @@ import torch
 
 from fastncsn import ops
 from fastncsn.models import CondRefineNetDilated
-from fastncsn.nn import set_fused_glue, set_fused_pool
+from variants import PATH_PREFIX, VARIANTS, apply_switches, settings
 from fastncsn.sampling import annealed_langevin, clear_graph_cache, get_graph_sampler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -65,17 +65,13 @@ ROUNDS = 3
 #: reference loop: warm-up steps, then timed steps (short: 365 ms/step at CIFAR-10 batch 1000)
 REF_WARMUP, REF_STEPS = 1, 3
 DEVICE = "cuda"
-#: path -> precision
-PATHS = {"reference": "fp32", "graph-bf16": "bf16", "graph-fp32": "fp32", "graph-bf16-strict": "bf16",
-         "graph-bf16-once": "bf16", "graph-bf16-strict-once": "bf16", "graph-bf16-pool": "bf16",
-         "graph-bf16-glue": "bf16", "graph-bf16-all": "bf16"}
-#: path -> GraphSampler network format (layout, weights); the others run the defaults
-NETWORK_FORMATS = {"graph-bf16-strict": ("channels_last_strict", "autocast"),
-                   "graph-bf16-once": ("channels_last", "bf16_once"),
-                   "graph-bf16-strict-once": ("channels_last_strict", "bf16_once"),
-                   "graph-bf16-all": ("channels_last_strict", "bf16_once")}
-#: path -> model switches (fused_pool, fused_glue); the others run both off (the defaults)
-FUSIONS = {"graph-bf16-pool": (True, False), "graph-bf16-glue": (False, True), "graph-bf16-all": (True, True)}
+#: path -> the settings of a graph path (benchmarks/variants.py: GraphSampler layout / weights, model switches)
+_GRAPH = {"graph-bf16": settings(None), "graph-fp32": settings(None),
+          **{PATH_PREFIX + v: settings(v) for v in VARIANTS}}
+#: path -> precision, in run order (a stage cut at its limit keeps the first): the reference, the old bf16
+#: path, the candidates with the most switches on, the fp32 path, then one switch at a time
+PATHS = {"reference": "fp32", "graph-bf16": "bf16", "graph-bf16-all": "bf16", "graph-bf16-strict-once": "bf16",
+         "graph-fp32": "fp32", **{PATH_PREFIX + v: "bf16" for v in VARIANTS}}
 #: dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from the vendor data sheets; matched in order
 #: against the lower-case device name (first match wins)
 BF16_PEAK_TFLOPS = [
@@ -188,8 +184,8 @@ def test_sampling_step(benchmark, reference_cache, config, batch, path):
     model = _model(config)
     gflop = _gflop_per_image(model, config)
     precision = PATHS[path]
-    layout, weights = NETWORK_FORMATS.get(path, ("channels_last", "autocast"))
-    fused_pool, fused_glue = FUSIONS.get(path, (False, False))
+    opts = _GRAPH.get(path, settings(None))
+    layout, weights, fused_pool, fused_glue = (opts[k] for k in ("layout", "weights", "fused_pool", "fused_glue"))
     startup = first_call = build = None
     graphed = False
     if path == "reference":
@@ -206,8 +202,7 @@ def test_sampling_step(benchmark, reference_cache, config, batch, path):
         # step above left the norms on "torch"; the first H100 run, 2026-11-22, timed the graph paths
         # with those unfused norms -- see benchmarks/results/README.md)
         model.set_backend("auto")
-        set_fused_pool(model, fused_pool)
-        set_fused_glue(model, fused_glue)
+        apply_switches(model, fused_pool, fused_glue)
         x0 = _x0(config, batch)
         steps = NUM_LEVELS * GRAPH_T[batch]
         _reset_peak()

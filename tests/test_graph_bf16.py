@@ -25,9 +25,9 @@ import pytest
 import torch
 
 import fastncsn
+from benchmarks.variants import VARIANTS, apply_switches, settings
 from conftest import TOL
 from fastncsn.models.refinenet import CondRefineNetDilated
-from fastncsn.nn import set_fused_glue, set_fused_pool
 from fastncsn.nn.norms import ConditionalInstanceNorm2dPlus
 from fastncsn.ops import langevin_noise_ref
 from fastncsn.sampling import GraphSampler, clear_graph_cache
@@ -182,13 +182,11 @@ def _check_graph_step(model, x0, level, what, fused_pool=False, fused_glue=False
     references run the unfused reference network), ``options`` go to ``GraphSampler``."""
     clear_graph_cache()
     model.set_backend("auto")
-    set_fused_pool(model, fused_pool)
-    set_fused_glue(model, fused_glue)
+    apply_switches(model, fused_pool, fused_glue)
     try:
         sampler, score, _ = _graph_step(model, x0, level, "bf16", **options)
     finally:
-        set_fused_pool(model, False)
-        set_fused_glue(model, False)
+        apply_switches(model, False, False)
     assert sampler.use_graphs and sampler.captures >= 1 and sampler.precision == "bf16"
     assert all(getattr(sampler, k) == v for k, v in options.items()), options
     y = torch.full((x0.shape[0],), level, dtype=torch.long, device=x0.device)
@@ -218,19 +216,6 @@ def test_gpu_bf16_graph_step_benchmark_configs(config, batch):
     _check_graph_step(model, _x(batch, shape, "cuda"), 3, f"{config} b{batch}")
 
 
-#: the pending variants of the bf16 graph sampler (benchmarks/NOTES.md; each behind a switch, old path the
-#: default): name (the suffix of the sampling benchmark's path ``graph-bf16-<name>``) -> GraphSampler options
-#: and model switches
-VARIANTS = {
-    "strict": dict(layout="channels_last_strict"),
-    "once": dict(weights="bf16_once"),
-    "strict-once": dict(layout="channels_last_strict", weights="bf16_once"),
-    "pool": dict(fused_pool=True),
-    "glue": dict(fused_glue=True),                    # with autocast: the mixed-dtype skips stay unfused
-    "all": dict(layout="channels_last_strict", weights="bf16_once", fused_pool=True, fused_glue=True),
-}
-
-
 @pytest.mark.gpu
 @pytest.mark.smoke
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -238,13 +223,14 @@ VARIANTS = {
 def test_gpu_smoke_variant_step(source, variant):
     """The perf lab's correctness smoke (its ``smoke`` stage, before any timing): one captured bf16 step of
     each pending variant, score element by element against the fp32 reference (the per-sample 2x rule
-    above), on the bundled model (level 9) and the MNIST benchmark config (batch 100, level 3)."""
+    above), on the bundled model (level 9) and the MNIST benchmark config (batch 100, level 3).  Variants:
+    ``benchmarks/variants.py`` (the sampling benchmark times variant ``v`` as ``graph-bf16-<v>``)."""
     if source == "bundled":
         model = fastncsn.load(_bundled_path(), map_location="cuda").eval()
         x0, level = _x(128, (1, 28, 28), "cuda"), 9
     else:
         model, x0, level = _bench_model("mnist"), _x(100, (1, 28, 28), "cuda"), 3
-    _check_graph_step(model, x0, level, f"{variant} ({source})", **VARIANTS[variant])
+    _check_graph_step(model, x0, level, f"{variant} ({source})", **settings(variant))
 
 
 @pytest.mark.gpu
