@@ -13,7 +13,8 @@ Sections (each only when its records are there):
   min, max) and how many shapes were timed inside a CUDA graph; then the CIN++ forward at the
   sampling hot shape (bf16 channels-last 1000x64x28x28) per backend;
 * training -- per config and path, ms/step and the speed-up over the reference step;
-* provenance -- per file: device, date, commit and whether the tree was clean.
+* provenance -- per file: device, date, commit, whether the tree was clean and (perf-lab records) the driver,
+  torch, CUDA and Triton versions.
 """
 from __future__ import annotations
 
@@ -117,9 +118,11 @@ def provenance_lines(runs):
         clean = e.get("tree_clean", git.get("tree_clean"))
         if clean is None and "dirty" in run.get("commit_info", {}):
             clean = not run["commit_info"]["dirty"]
+        v = e.get("versions") or {}
+        soft = "  " + " ".join(f"{k} {v[k]}" for k in ("driver", "torch", "cuda", "triton") if v.get(k)) if v else ""
         out.append(f"  {os.path.basename(path):42s} {len(bs):4d} records  {e.get('device', '?')}  "
                    f"{(run.get('datetime') or '?')[:16]}  commit {str(commit)[:10]}  "
-                   f"{'clean' if clean else 'DIRTY' if clean is False else 'clean?'}")
+                   f"{'clean' if clean else 'DIRTY' if clean is False else 'clean?'}{soft}")
     return out
 
 

@@ -216,3 +216,32 @@ def test_junit_outcomes_name_every_test(tmp_path):
     assert lab.junit_outcomes(str(xml)) == {"tests/test_x.py::test_a[1]": "passed", "tests/test_x.py::test_b": "failed",
                                             "tests/test_x.py::test_c": "skipped"}
     assert lab.junit_outcomes(str(tmp_path / "missing.xml")) == {}
+
+
+def _bench_conftest(monkeypatch):
+    """benchmarks/conftest.py as a plain module (its helpers, not as a pytest plugin)."""
+    import importlib.util
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_conftest", os.path.join(ROOT, "benchmarks", "conftest.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_op_timing_rotates_inputs_past_l2(monkeypatch):
+    """The op benchmarks' input sets hold >= 3x the L2 together, and the timed calls cycle through every set
+    (a multiple of the set count); CPU stand-ins for the CUDA timer and sync, graph capture off."""
+    bc = _bench_conftest(monkeypatch)
+    monkeypatch.setattr(bc, "l2_bytes", lambda: 60 * 2 ** 20)               # the H200's L2
+    assert bc.input_sets(200 * 2 ** 20) == 1                                  # one set is already 3x L2
+    assert bc.input_sets(2 ** 20) == 180 and bc.input_sets(1) == bc.MAX_SETS
+    seen = []
+    fns = [lambda i=i: seen.append(i) for i in range(5)]
+    monkeypatch.setenv("FASTNCSN_BENCH_GRAPH", "0")
+    monkeypatch.setattr(bc, "cuda_ms", lambda fn, reps=20, warmup=3: [fn() for _ in range(warmup + 1)] and 0.1)
+    monkeypatch.setattr(bc.torch.cuda, "synchronize", lambda: None)
+    run, calls, graphed = bc.rotating(fns, target_ms=2.0)
+    seen.clear()
+    run()
+    assert not graphed and calls == 100                                       # 0.1 ms per cycle of 5: 20 cycles
+    assert seen == list(range(5)) * 20
