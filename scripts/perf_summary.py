@@ -75,7 +75,7 @@ def sampling_lines(records):
 
 
 def ops_lines(records):
-    recs = [e for e in records if e.get("op") in ("cin_fwd", "cin_bwd", "langevin_step")]
+    recs = [e for e in records if e.get("op") in ("cin_fwd", "cin_bwd", "langevin_step", "cin_glue_fwd", "avg_pool5x5")]
     if not recs:
         return []
     out = ["ops: copy-bandwidth fraction over the shapes (geomean min max), shapes timed in a CUDA graph"]
@@ -85,8 +85,9 @@ def ops_lines(records):
     for (op, backend), es in sorted(groups.items()):
         fr = [e.get("bandwidth_fraction") for e in es if e.get("bandwidth_fraction")]
         graphed = sum(1 for e in es if e.get("timed_in_graph"))
-        out.append(f"  {op:13s} {backend:13s} {_pct(_gmean(fr))} {_pct(min(fr) if fr else None)} "
-                   f"{_pct(max(fr) if fr else None)}  {graphed}/{len(es)} in graph")
+        rotated = sum(1 for e in es if (e.get("working_set_bytes") or 0) >= (e.get("l2_bytes") or math.inf))
+        out.append(f"  {op:13s} {backend:14s} {_pct(_gmean(fr))} {_pct(min(fr) if fr else None)} "
+                   f"{_pct(max(fr) if fr else None)}  {graphed}/{len(es)} in graph, {rotated} past L2")
     hot = [e for e in recs if e["op"] == "cin_fwd" and list(e["shape"]) == HOT_SHAPE and e["dtype"] == "bfloat16"
            and e.get("layout") == "channels_last"]
     if hot:
