@@ -147,14 +147,14 @@ PLAN = {c.name: c for c in (
     Call("part1", 560, "the first command of a window: everything the defaults and the sampling targets need", (
         _header(),
         _build(60, "H100 2026-11-22: 37 s (benchmarks/results/README.md); a carried .so: pip without build, ~10 s"),
-        Stage("smoke", 60, ("-m", "smoke", *_SMOKE_FILES),
+        Stage("smoke", 75, ("-m", "smoke", *_SMOKE_FILES),
               "GPU correctness of every pending variant before any timing: fp32 graph == reference, bf16 strict / "
               "once / strict-once / pool / glue / all within the bf16 2x rule, element by element, bundled model "
               "and MNIST b100; the graph training step == eager",
               "16 tests; cold Triton compiles of the CIN++ / glue / pool / Langevin kernels (~20 x ~1.5 s; the "
-              "H100's first bf16 sampler build took 7.8 s) + 16 x ~1 s + pytest start ~8 s = ~54 s",
+              "H100's first bf16 sampler build took 7.8 s) + 16 x ~1-2 s + pytest start ~8 s = 54-70 s",
               pytest=True, junit=True, env=(("FASTNCSN_TRITON_DEVICE", "cuda"),)),
-        Stage("sampling-b1000", 150, ("benchmarks/test_sampling_throughput.py", "-k", "test_sampling_step and 1000"),
+        Stage("sampling-b1000", 145, ("benchmarks/test_sampling_throughput.py", "-k", "test_sampling_step and 1000"),
               "MNIST and CIFAR-10 at batch 1000: the reference loop, graph-bf16, graph-fp32 and every variant "
               "(benchmarks/variants.py), same run",
               "per record ~1 s set-up + build + 4 calls x 10 steps (H100 2026-11-22 sampling.json): MNIST "
@@ -162,7 +162,7 @@ PLAN = {c.name: c for c in (
               "= 4.5; CIFAR-10 ref 1 + 4 x 0.312 = 2.2, 7 x (1 + 3.0 + 40 x 0.093 = 7.7) = 54, fp32 1 + 0.36 + "
               "40 x 0.134 = 6.7; + start 8 = ~126 s",
               pytest=True, bench=True),
-        Stage("anchor", 130, ("benchmarks/test_compile_anchor.py",),
+        Stage("anchor", 125, ("benchmarks/test_compile_anchor.py",),
               "the compile anchor: the reference network under torch.compile, bf16, channels-last, the whole "
               "step in one CUDA graph, MNIST b1000, cold Inductor cache, with its reference loop",
               "compile 103 s (shared/reference/anchor-figures-h100.md) + reference 1.5 s + 6 x 20 replays x "
@@ -301,7 +301,7 @@ def run_stage(argv: list, limit: int, log_path: str, env: Optional[dict] = None,
 
 
 #: lines of a stage log worth printing on the console
-_NOTABLE = re.compile(r"passed|failed|skipped|error|FAILED|ERROR|Fatal|Traceback|KeyboardInterrupt|^fastncsn|^lab:")
+_NOTABLE = re.compile(r"passed|failed|skipped|[Ee]rror|FAILED|ERROR|Fatal|Traceback|KeyboardInterrupt|^fastncsn|^lab:")
 
 
 def excerpt(log_path: str, n: int = 12) -> list:
