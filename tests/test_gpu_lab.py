@@ -127,6 +127,8 @@ def test_a_call_leaves_at_most_8_files_with_stamped_records(tmp_path):
     """A whole call through ``run_call`` on the CPU: a stage that prints, a benchmark stage stopped at its
     limit, the summary; what $OUT holds afterwards, and the stamps of the merged records."""
     pytest.importorskip("pytest_benchmark")
+    if not provenance.git_info(ROOT).get("commit"):
+        pytest.skip("not a git checkout: the lab would (rightly) refuse to run")
     _tiny_files(tmp_path)
     py = sys.executable
     call = lab.Call("rehearsal", 40, "CPU rehearsal", (
