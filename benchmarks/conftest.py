@@ -1,37 +1,51 @@
 """Shared helpers of the GPU benchmarks (pytest-benchmark; not part of the default test run).
 
 * Every benchmark skips cleanly without CUDA; nothing touches CUDA at import.
-* ``copy_gbps`` measures the device copy bandwidth once per session (a large
-  tensor ``.copy_``, read + write bytes per second) so every record can state
-  the fraction of it that a kernel reaches in the same run.
-* ``record`` times one op with pytest-benchmark -- the timed function runs the
-  op ``inner`` times and synchronises, ``inner`` chosen so one call lasts about
-  ``TARGET_CALL_MS`` (a lone sync would dominate microsecond kernels) -- and
-  writes the ``extra_info`` keys: op, backend, shape, dtype, layout, gb_per_s,
-  bandwidth_fraction, reference_ms (plus per_op_ms, inner, device, timed_in_graph).
-* Op timings are taken inside a CUDA graph: ``inner`` calls of the op are captured once and
-  the graph is replayed (no launch overhead in the numbers; what the samplers and the
-  ``auto`` table see).  ``timed_in_graph`` says whether that worked: an op that cannot be
-  captured is timed eagerly and recorded with ``timed_in_graph=False`` (scripts/auto_table.py
-  ignores such records).  ``FASTNCSN_BENCH_GRAPH=0`` times every op eagerly (the old path).
-* Every record of every benchmark file gets ``commit`` (``git rev-parse HEAD``) and
-  ``tree_clean`` (``git status --porcelain`` empty) in its ``extra_info``; where the checkout
-  has no ``.git`` (a copied tree) they come from ``FASTNCSN_COMMIT`` / ``FASTNCSN_TREE_CLEAN``
-  (set by the caller), else ``None``.
+* ``copy_gbps`` measures the device copy bandwidth once per session (a 1 GiB ``.copy_``, far
+  beyond any L2; read + write bytes per second) so every record states the fraction of it that a
+  kernel reaches *in the same run* (``bandwidth_fraction``, ``copy_gb_per_s``).
+* ``record`` times one op with pytest-benchmark and writes the ``extra_info`` keys: op, backend,
+  shape, dtype, layout, gb_per_s, bandwidth_fraction, reference_ms (plus per_op_ms, calls,
+  input_sets, working_set_bytes, l2_bytes, device, timed_in_graph, reference_timed_in_graph).
+* Op timings are replays of a CUDA graph (no launch overhead in the numbers: what the samplers and
+  the ``auto`` table see) holding ``calls`` op calls, ``calls`` chosen so a replay lasts about
+  ``TARGET_CALL_MS``.  **Inputs rotate**: the op is given ``input_sets`` independent input sets
+  (:func:`input_sets`: together at least ``ROTATE_L2_FACTOR`` x the device's L2, 60 MB on an H200)
+  and the calls cycle through them, the outputs of the last ``input_sets`` calls kept alive so the
+  outputs rotate too -- one buffer replayed over and over would be served from L2 and report more
+  than DRAM bandwidth.  ``reference_ms`` (:func:`reference_ms`) is the reference timed the same way
+  (graphed, rotated), same run.  An op that cannot be captured is timed eagerly and recorded with
+  ``timed_in_graph=False`` (scripts/auto_table.py ignores such records); ``FASTNCSN_BENCH_GRAPH=0``
+  times every op eagerly (the old path).
+* Every record of every benchmark file gets :func:`provenance.stamp` in its ``extra_info``:
+  ``commit``, ``tree_clean``, ``commit_source`` and ``versions`` (device, driver, torch, Triton,
+  CUDA, cuDNN, Python, L2); where the checkout has no ``.git`` (the GPU machine's copy) the commit
+  comes from the verified ``.lab/commit.json`` (benchmarks/provenance.py), else ``None``.
 """
 from __future__ import annotations
 
+import collections
+import math
 import os
 import statistics
-import subprocess
 
 import pytest
 import torch
 
-#: wall time one timed call should take (ms); calls repeat the op ``inner`` times
+import provenance
+from interrupted import pytest_benchmark_generate_json  # noqa: F401 -- the hook: a SIGINT keeps the finished records
+
+#: wall time one timed replay should take (ms); a replay holds ``calls`` op calls
 TARGET_CALL_MS = 2.0
 #: bytes of each of the two buffers of the copy-bandwidth measurement
 COPY_BYTES = 1 << 30
+#: the rotated input sets hold at least this many times the device's L2 (their bytes, read + written)
+ROTATE_L2_FACTOR = 3
+#: at most this many input sets (the smallest records, the Langevin step at batch 128, need ~200)
+MAX_SETS = 256
+#: L2 bytes where the device reports none: the H200's 60 MB (PyTorch's L2_cache_size, 2026-10-28,
+#: /work/.library/device/KINDS.md), the largest of the GPUs the lab runs on
+DEFAULT_L2_BYTES = 60 * 2 ** 20
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,31 +56,13 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-def _git(*args: str):
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
-                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def git_info() -> dict:
-    """``commit`` and ``tree_clean`` of the checkout the benchmarks run from (see module docstring)."""
-    head = _git("rev-parse", "HEAD")
-    if head is not None:
-        status = _git("status", "--porcelain")
-        return dict(commit=head.strip(), tree_clean=None if status is None else status.strip() == "")
-    clean = os.environ.get("FASTNCSN_TREE_CLEAN")
-    return dict(commit=os.environ.get("FASTNCSN_COMMIT"),
-                tree_clean=None if clean is None else clean.lower() in ("1", "true", "yes"))
-
-
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    """Stamp every record with the commit and whether the tree was clean."""
-    info = git_info()
+    """Stamp every record with the commit, whether the tree was clean, and the versions."""
+    info = provenance.stamp()
     for bench in output_json.get("benchmarks", []):
         bench.setdefault("extra_info", {}).update(info)
-    output_json["fastncsn_git"] = info
+    output_json["fastncsn_git"] = {k: info.get(k) for k in ("commit", "tree_clean", "commit_source")}
+    output_json["fastncsn_provenance"] = info
 
 
 def pytest_configure(config):
@@ -108,7 +104,7 @@ def copy_gbps() -> float:
 
 @pytest.fixture(scope="session")
 def reference_ms_cache() -> dict:
-    """(op, shape, dtype) -> milliseconds of the eager reference, measured once per session."""
+    """key -> (ms, timed_in_graph) of the reference, measured once per session (:func:`reference_ms`)."""
     return {}
 
 
@@ -116,76 +112,99 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def cuda_graph(fn, calls: int):
-    """Capture ``calls`` back-to-back calls of ``fn`` in one CUDA graph (after a warm-up on a side
-    stream); returns the graph's ``replay``.  Times of a replay carry no launch overhead."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return graph.replay
-
-
 def graph_timing_enabled() -> bool:
     return os.environ.get("FASTNCSN_BENCH_GRAPH", "1") != "0"
 
 
-def capture(fn, inner: int):
-    """A CUDA graph of ``inner`` calls of ``fn`` (warmed up on a side stream first), or None when
-    ``fn`` cannot be captured (a host sync, a CPU tensor read, ...)."""
-    from fastncsn.sampling.graphs import capture_graph
+def l2_bytes() -> int:
+    """The device's L2 in bytes (``DEFAULT_L2_BYTES`` where it reports none)."""
+    return provenance.versions().get("l2_bytes") or DEFAULT_L2_BYTES
 
-    def calls():
-        for _ in range(inner):
-            fn()
-    try:
-        graph, _ = capture_graph(calls, warmup=1)
-    except Exception:  # noqa: BLE001 -- any capture failure means: time it eagerly
+
+def input_sets(bytes_per_set: int) -> int:
+    """How many independent input sets an op with ``bytes_per_set`` bytes per call (read + written) rotates
+    through: together at least ``ROTATE_L2_FACTOR`` x L2, at most ``MAX_SETS``, at least 1."""
+    if bytes_per_set is None or bytes_per_set <= 0:
+        return 1
+    return max(1, min(MAX_SETS, math.ceil(ROTATE_L2_FACTOR * l2_bytes() / bytes_per_set)))
+
+
+def rotating(fns, target_ms: float = TARGET_CALL_MS):
+    """``(run, calls, timed_in_graph)`` for the op calls ``fns`` (one per input set).
+
+    ``run()`` executes ``calls`` op calls -- a multiple of ``len(fns)``, cycling through the sets, about
+    ``target_ms`` in all -- and synchronises: one replay of a CUDA graph holding them (the outputs of
+    the last ``len(fns)`` calls are kept alive during capture, so the outputs rotate through distinct
+    buffers as well), or, where capture fails or ``FASTNCSN_BENCH_GRAPH=0``, the eager calls."""
+    fns = list(fns)
+    k = len(fns)
+
+    def cycle():
+        for f in fns:
+            f()
+    est = cuda_ms(cycle, reps=3, warmup=1) / k                # ms per op call, eager (launch cost included)
+    calls = k * max(1, math.ceil(target_ms / max(est * k, 1e-3)))
+    graph = None
+    if graph_timing_enabled():
+        from fastncsn.sampling.graphs import capture_graph
+
+        def program():
+            keep = collections.deque(maxlen=k)
+            for i in range(calls):
+                keep.append(fns[i % k]())
+        try:
+            graph, _ = capture_graph(program, warmup=1)
+        except Exception:  # noqa: BLE001 -- any capture failure means: time it eagerly
+            graph = None
         torch.cuda.synchronize()
-        return None
-    torch.cuda.synchronize()
-    return graph
-
-
-def record(benchmark, fn, *, op: str, backend: str, shape, dtype, bytes_moved: int | None, copy_gbps: float,
-           reference_ms: float | None, rounds: int = 15, layout: str = "contiguous", calls: int = 1,
-           **extra) -> float:
-    """Benchmark ``fn`` (one op call, or ``calls`` op calls when ``fn`` is already a ``cuda_graph``
-    replay) and fill ``benchmark.extra_info``; returns ms per op.
-
-    Timed as replays of a CUDA graph holding ``inner`` calls (``timed_in_graph=True``), or, where
-    capture fails or ``FASTNCSN_BENCH_GRAPH=0``, as ``inner`` eager calls and a sync."""
-    est = cuda_ms(fn, reps=5, warmup=2)
-    inner = max(1, int(TARGET_CALL_MS / max(est, 1e-3)))
-    graph = capture(fn, inner) if graph_timing_enabled() and calls == 1 else None
-
     if graph is not None:
-        def timed():
+        def run():
             graph.replay()
             torch.cuda.synchronize()
     else:
-        def timed():
-            for _ in range(inner):
-                fn()
+        def run():
+            for i in range(calls):
+                fns[i % k]()
             torch.cuda.synchronize()
+    run.graph = graph            # keeps the graph (and its memory pool) alive as long as ``run``
+    return run, calls, graph is not None
 
-    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=2, iterations=1)
-    per_op_ms = benchmark.stats.stats.median * 1e3 / inner / calls
+
+def record(benchmark, fns, *, op: str, backend: str, shape, dtype, bytes_moved: int | None, copy_gbps: float,
+           reference: tuple | None, rounds: int = 15, layout: str = "contiguous", **extra) -> float:
+    """Benchmark the op calls ``fns`` (a list: one call per rotated input set, see :func:`input_sets`; or one
+    callable) and fill ``benchmark.extra_info``; returns ms per op call.
+
+    Timed as replays of a CUDA graph holding ``calls`` op calls (:func:`rotating`; ``timed_in_graph``
+    True), or eagerly where capture fails.  ``bandwidth_fraction`` = ``bytes_moved`` per call over the
+    time, against ``copy_gbps`` of this run; ``working_set_bytes`` = ``bytes_moved`` x the sets.
+    ``reference``: ``(ms, timed_in_graph)`` of the reference (:func:`reference_ms`), or None when this
+    record is the reference itself."""
+    fns = list(fns) if isinstance(fns, (list, tuple)) else [fns]
+    run, calls, graphed = rotating(fns)
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=2, iterations=1)
+    per_op_ms = benchmark.stats.stats.median * 1e3 / calls
     gbps = None if bytes_moved is None else bytes_moved / (per_op_ms * 1e-3) / 1e9
     benchmark.extra_info.update(
         op=op, backend=backend, shape=list(shape), dtype=dtype_name(dtype), layout=layout, gb_per_s=gbps,
         bandwidth_fraction=None if gbps is None else gbps / copy_gbps, copy_gb_per_s=copy_gbps,
-        reference_ms=reference_ms if reference_ms is not None else per_op_ms,
-        per_op_ms=per_op_ms, inner=inner, calls=calls, device=torch.cuda.get_device_name(),
-        timed_in_graph=graph is not None or calls > 1, **extra)
-    del graph
+        reference_ms=per_op_ms if reference is None else reference[0],
+        reference_timed_in_graph=graphed if reference is None else reference[1],
+        per_op_ms=per_op_ms, calls=calls, input_sets=len(fns),
+        working_set_bytes=None if bytes_moved is None else bytes_moved * len(fns), l2_bytes=l2_bytes(),
+        device=torch.cuda.get_device_name(), timed_in_graph=graphed, **extra)
+    del run
     return per_op_ms
+
+
+def reference_ms(cache: dict, key, fns) -> tuple:
+    """``(ms per call, timed_in_graph)`` of the reference op calls ``fns`` (rotated input sets, as for
+    ``record``: graphed, so the reference and the fast path are timed alike), measured once per session."""
+    if key not in cache:
+        run, calls, graphed = rotating(list(fns) if isinstance(fns, (list, tuple)) else [fns])
+        cache[key] = (cuda_ms(run, reps=10, warmup=2) / calls, graphed)
+        del run
+    return cache[key]
 
 
 #: batch sizes of the op benchmarks: training (128) and sampling (1000)
@@ -203,10 +222,3 @@ def need_backend(backend: str) -> None:
     ok, why = (False, reason) if mod is None else mod.available("cuda")
     if not ok:
         pytest.skip(f"{base} unavailable: {why}")
-
-
-def reference_ms(cache: dict, key, fn) -> float:
-    """Milliseconds of the reference ``fn`` under ``key``, measured once per session (``reference_ms_cache``)."""
-    if key not in cache:
-        cache[key] = cuda_ms(fn)
-    return cache[key]

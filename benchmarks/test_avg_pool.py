@@ -6,20 +6,22 @@ batch 1000 -- MNIST ngf 64: 128x14x14 (refine1, refine2), 64x14x14 (refine3), 64
 CIFAR-10 ngf 128: 256x16x16, 128x16x16, 128x32x32 (each block pools twice per forward) -- in bf16
 channels-last (the fast network layout) and fp32 NCHW (the reference layout).
 
-Timing: ``calls`` back-to-back pools captured in one CUDA graph (``conftest.cuda_graph``; no launch
-overhead in the numbers), ``calls`` chosen so a replay lasts ~1 ms.  Records (``extra_info``): op,
+Timing: back-to-back pools captured in one CUDA graph over rotated input sets (``conftest.record``;
+no launch overhead, no L2-resident replays in the numbers).  Records (``extra_info``): op,
 backend (``triton``: the Triton backend's function; ``reference``: ``F.avg_pool2d``), shape, dtype,
 layout, gb_per_s of the bytes the op must move (read x + write out), bandwidth_fraction of the copy
-bandwidth measured in the same run, reference_ms (``F.avg_pool2d``, graphed the same way, same run).
+bandwidth measured in the same run, reference_ms (``F.avg_pool2d``, timed the same way, same run).
 Prediction and outcome: benchmarks/NOTES.md, "5x5 average pool (issue 15 item 3)".
 """
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cuda_graph, cuda_ms, need_backend, record
+from conftest import input_sets, need_backend, record, reference_ms
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -29,8 +31,6 @@ POOLS = [("mnist", 128, 14), ("mnist", 64, 14), ("mnist", 64, 28),
 #: (dtype, channels_last): the fast bf16 network layout and the fp32 reference layout
 FORMATS = [(torch.bfloat16, True), (torch.float32, False)]
 BATCH = 1000
-#: wall time one graph replay should last (ms)
-REPLAY_MS = 1.0
 
 
 def _cases():
@@ -47,26 +47,17 @@ def _pool_fn(backend, x):
     return lambda: mod.avg_pool5x5(x)
 
 
-def _graphed(fn):
-    """(replay, calls): ``calls`` runs of ``fn`` in one CUDA graph, about ``REPLAY_MS`` per replay."""
-    calls = max(1, min(100, int(REPLAY_MS / max(cuda_ms(fn, reps=5, warmup=2), 1e-3))))
-    return cuda_graph(fn, calls), calls
-
-
 @pytest.mark.parametrize("backend,shape,dtype,channels_last", _cases())
 def test_avg_pool5x5(benchmark, copy_gbps, reference_ms_cache, backend, shape, dtype, channels_last):
     need_backend(backend)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(shape, device="cuda", generator=g).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    bytes_moved = 2 * math.prod(shape) * dtype.itemsize            # read x, write out
+    sets = []
+    for i in range(input_sets(bytes_moved)):
+        x = torch.randn(shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(i)).to(dtype)
+        sets.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     with torch.no_grad():
-        key = ("avg_pool5x5", shape, dtype, channels_last)
-        if key not in reference_ms_cache:
-            replay, calls = _graphed(_pool_fn("reference", x))
-            reference_ms_cache[key] = cuda_ms(replay) / calls
-        replay, calls = _graphed(_pool_fn(backend, x))
-        record(benchmark, replay, op="avg_pool5x5", backend=backend, shape=shape, dtype=dtype,
-               bytes_moved=2 * x.numel() * x.element_size(), copy_gbps=copy_gbps,
-               reference_ms=reference_ms_cache[key], calls=calls,
+        ref = reference_ms(reference_ms_cache, ("avg_pool5x5", shape, dtype, channels_last),
+                           [_pool_fn("reference", x) for x in sets])
+        record(benchmark, [_pool_fn(backend, x) for x in sets], op="avg_pool5x5", backend=backend, shape=shape,
+               dtype=dtype, bytes_moved=bytes_moved, copy_gbps=copy_gbps, reference=ref,
                layout="channels_last" if channels_last else "nchw")

@@ -5,12 +5,14 @@ ngf-64 and CIFAR-10 ngf-128 models) at batch 128 (training) and 1000 (sampling),
 bf16 channels-last (the fast network layout) and fp32 NCHW (the reference layout).
 Records (``extra_info``): op, backend, shape, dtype, gb_per_s of the bytes the op must
 move (forward: read x + write out; backward: read x, dy + write dx),
-bandwidth_fraction of the device copy bandwidth measured in the same run, reference_ms.
+bandwidth_fraction of the device copy bandwidth measured in the same run, reference_ms (the
+reference timed the same way: graph replays over rotated input sets, ``conftest.record``).
+Every op is given ``input_sets`` independent inputs so the working set exceeds the L2.
 
 Glue fusion (issue 15 item 3; ``op`` ``cin_glue_fwd``): ``test_cin_glue_fwd`` times the fused bias fold
 (``cond_instance_norm_plus(..., bias=)``) and the fused residual add (``add_cond_instance_norm_plus``)
 on Triton (``triton-glue``) against the unfused composition on Triton (``triton-unfused``: the
-add, then the norm) and the eager reference composition (``reference_ms``); ``bytes_moved`` is the
+add, then the norm) and the reference composition (``reference_ms``, graphed); ``bytes_moved`` is the
 fused op's minimum traffic (bias: read x, write out; residual: read x and r, write s and out).
 The prediction it tests is in benchmarks/NOTES.md.
 
@@ -23,10 +25,12 @@ available (triton missing, ``fastncsn._C`` not built) skips.  Commands: benchmar
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from conftest import BATCHES, need_backend, record, reference_ms
+from conftest import BATCHES, input_sets, need_backend, record, reference_ms
 from fastncsn.ops import cond_instance_norm_plus_ref
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -57,8 +61,8 @@ def _cin_cases():
     return cases
 
 
-def _cin_inputs(shape, dtype, channels_last):
-    g = torch.Generator(device="cuda").manual_seed(0)
+def _cin_inputs(shape, dtype, channels_last, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(shape, device="cuda", generator=g).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -66,6 +70,12 @@ def _cin_inputs(shape, dtype, channels_last):
     y = torch.randint(0, NUM_LEVELS, (shape[0],), device="cuda", generator=g)
     dy = torch.randn_like(x)
     return x, y, w, dy
+
+
+def _cin_sets(shape, dtype, channels_last, passes):
+    """Rotated input sets (``conftest.input_sets``) of an op that moves ``passes`` tensors of ``shape``."""
+    k = input_sets(passes * math.prod(shape) * dtype.itemsize)
+    return [_cin_inputs(shape, dtype, channels_last, seed=i) for i in range(k)]
 
 
 def _launches(backend):
@@ -99,12 +109,13 @@ def _cin_fwd_fn(backend, x, y, w):
 @pytest.mark.parametrize("backend,shape,dtype,channels_last", _cin_cases())
 def test_cin_fwd(benchmark, copy_gbps, reference_ms_cache, backend, shape, dtype, channels_last):
     need_backend(backend)
-    x, y, w, _ = _cin_inputs(shape, dtype, channels_last)
+    sets = _cin_sets(shape, dtype, channels_last, 2)
     with torch.no_grad():
-        ref_ms = reference_ms(reference_ms_cache, ("cin_fwd", shape, dtype, channels_last),
-                              _cin_fwd_fn("reference", x, y, w))
-        record(benchmark, _cin_fwd_fn(backend, x, y, w), op="cin_fwd", backend=backend, shape=shape, dtype=dtype,
-               bytes_moved=2 * x.numel() * x.element_size(), copy_gbps=copy_gbps, reference_ms=ref_ms,
+        ref = reference_ms(reference_ms_cache, ("cin_fwd", shape, dtype, channels_last),
+                           [_cin_fwd_fn("reference", x, y, w) for x, y, w, _ in sets])
+        record(benchmark, [_cin_fwd_fn(backend, x, y, w) for x, y, w, _ in sets], op="cin_fwd", backend=backend,
+               shape=shape, dtype=dtype, bytes_moved=2 * math.prod(shape) * dtype.itemsize, copy_gbps=copy_gbps,
+               reference=ref,
                layout="channels_last" if channels_last else "nchw")
 
 
@@ -124,12 +135,12 @@ def _cin_bwd_fn(backend, x, y, w, dy):
 @pytest.mark.parametrize("backend,shape,dtype,channels_last", _cin_cases())
 def test_cin_bwd(benchmark, copy_gbps, reference_ms_cache, backend, shape, dtype, channels_last):
     need_backend(backend)
-    x, y, w, dy = _cin_inputs(shape, dtype, channels_last)
-    ref_ms = reference_ms(reference_ms_cache, ("cin_bwd", shape, dtype, channels_last),
-                          _cin_bwd_fn("reference", x, y, w, dy))
-    record(benchmark, _cin_bwd_fn(backend, x, y, w, dy), op="cin_bwd", backend=backend, shape=shape, dtype=dtype,
-           bytes_moved=3 * x.numel() * x.element_size(), copy_gbps=copy_gbps, reference_ms=ref_ms,
-           layout="channels_last" if channels_last else "nchw")
+    sets = _cin_sets(shape, dtype, channels_last, 3)
+    ref = reference_ms(reference_ms_cache, ("cin_bwd", shape, dtype, channels_last),
+                       [_cin_bwd_fn("reference", *inputs) for inputs in sets])
+    record(benchmark, [_cin_bwd_fn(backend, *inputs) for inputs in sets], op="cin_bwd", backend=backend,
+           shape=shape, dtype=dtype, bytes_moved=3 * math.prod(shape) * dtype.itemsize, copy_gbps=copy_gbps,
+           reference=ref, layout="channels_last" if channels_last else "nchw")
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
@@ -146,11 +157,11 @@ def test_network_forward(benchmark, copy_gbps, reference_ms_cache, config, n, ba
     y = torch.randint(0, NUM_LEVELS, (n,), device="cuda")
     with torch.no_grad():
         net.set_backend("torch")
-        ref_ms = reference_ms(reference_ms_cache, ("network", config, n), lambda: net(x, y))
+        ref = reference_ms(reference_ms_cache, ("network", config, n), lambda: net(x, y))
         net.set_backend(backend)
         ms = record(benchmark, lambda: net(x, y), op="network_forward", backend=backend, shape=x.shape,
-                    dtype=torch.bfloat16, bytes_moved=None, copy_gbps=copy_gbps, reference_ms=ref_ms, rounds=10,
-                    layout="channels_last")
+                    dtype=torch.bfloat16, bytes_moved=None, copy_gbps=copy_gbps,
+                    reference=ref, rounds=10, layout="channels_last")
     benchmark.extra_info["images_per_s"] = n / (ms * 1e-3)
 
 
@@ -184,12 +195,11 @@ def _glue_fn(backend, form, x, r, b, y, w):
 def test_cin_glue_fwd(benchmark, copy_gbps, reference_ms_cache, config, c, h, dtype, channels_last, form, backend):
     need_backend(backend)
     shape = (1000, c, h, h)
-    x, y, w, r = _cin_inputs(shape, dtype, channels_last)
-    b = torch.randn(c, device="cuda")
+    passes = 2 if form == "bias" else 4                   # bias: read x, write out; residual: read x, r, write s, out
+    sets = [(x, y, w, r, torch.randn(c, device="cuda")) for x, y, w, r in _cin_sets(shape, dtype, channels_last, passes)]
     with torch.no_grad():
-        ref_ms = reference_ms(reference_ms_cache, ("cin_glue_fwd", form, shape, dtype, channels_last),
-                              _glue_fn("reference", form, x, r, b, y, w))
-        record(benchmark, _glue_fn(backend, form, x, r, b, y, w), op="cin_glue_fwd", backend=backend, shape=shape,
-               dtype=dtype, bytes_moved=(2 if form == "bias" else 4) * x.numel() * x.element_size(),
-               copy_gbps=copy_gbps, reference_ms=ref_ms, form=form,
-               layout="channels_last" if channels_last else "nchw")
+        ref = reference_ms(reference_ms_cache, ("cin_glue_fwd", form, shape, dtype, channels_last),
+                           [_glue_fn("reference", form, x, r, b, y, w) for x, y, w, r, b in sets])
+        record(benchmark, [_glue_fn(backend, form, x, r, b, y, w) for x, y, w, r, b in sets], op="cin_glue_fwd",
+               backend=backend, shape=shape, dtype=dtype, bytes_moved=passes * math.prod(shape) * dtype.itemsize,
+               copy_gbps=copy_gbps, reference=ref, form=form, layout="channels_last" if channels_last else "nchw")

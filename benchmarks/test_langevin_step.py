@@ -3,7 +3,8 @@
 The Langevin state of MNIST and CIFAR-10 (fp32) at batch 128 and 1000 with bf16 and fp32
 scores, one step size per sample, Philox noise drawn in the kernel.  Records
 (``extra_info``): op, backend, shape, dtype (of the score), gb_per_s of the bytes the
-step must move (read x, score + write x), bandwidth_fraction, reference_ms.  Backends:
+step must move (read x, score + write x), bandwidth_fraction, reference_ms (graphed like the
+backends, rotated input sets: ``conftest.record``).  Backends:
 ``cuda``, ``triton`` (skipped when unavailable), ``reference`` (eager
 ``fastncsn.ops.langevin_step_ref`` with ``torch.randn`` noise) and ``compile``
 (``torch.compile`` of it).  Commands: benchmarks/README.md.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import BATCHES, need_backend, record, reference_ms
+from conftest import BATCHES, input_sets, need_backend, record, reference_ms
 from fastncsn.ops import langevin_step_ref
 from fastncsn.ops.dispatch import backend_module
 
@@ -40,13 +41,14 @@ def _langevin_fn(backend, x, score, a, seed, offset):
 def test_langevin_step(benchmark, copy_gbps, reference_ms_cache, config, n, score_dtype, backend):
     need_backend(backend)
     shape = (n, *IMAGES[config])
-    x = torch.randn(shape, device="cuda")
-    score = torch.randn(shape, device="cuda").to(score_dtype)
-    a = torch.full((n,), 1e-4, device="cuda")
+    numel = n * IMAGES[config][0] * IMAGES[config][1] * IMAGES[config][2]
+    bytes_moved = numel * (2 * 4 + score_dtype.itemsize)         # read x (fp32), score; write x
     seed = torch.tensor(0, device="cuda")
     offset = torch.tensor(0, device="cuda")
-    ref_ms = reference_ms(reference_ms_cache, ("langevin", shape, score_dtype),
-                          _langevin_fn("reference", x, score, a, seed, offset))
-    record(benchmark, _langevin_fn(backend, x, score, a, seed, offset), op="langevin_step", backend=backend,
-           shape=shape, dtype=score_dtype, bytes_moved=x.numel() * (2 * x.element_size() + score.element_size()),
-           copy_gbps=copy_gbps, reference_ms=ref_ms, layout="nchw", state_dtype="float32")
+    sets = [(torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda").to(score_dtype),
+             torch.full((n,), 1e-4, device="cuda")) for _ in range(input_sets(bytes_moved))]
+    ref = reference_ms(reference_ms_cache, ("langevin", shape, score_dtype),
+                       [_langevin_fn("reference", x, score, a, seed, offset) for x, score, a in sets])
+    record(benchmark, [_langevin_fn(backend, x, score, a, seed, offset) for x, score, a in sets],
+           op="langevin_step", backend=backend, shape=shape, dtype=score_dtype, bytes_moved=bytes_moved,
+           copy_gbps=copy_gbps, reference=ref, layout="nchw", state_dtype="float32")

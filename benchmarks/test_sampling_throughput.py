@@ -11,17 +11,22 @@ evaluation plus ``x <- x + alpha_i/2 s(x, i) + sqrt(alpha_i) z``.  Networks: NCS
 * ``graph-bf16`` / ``graph-fp32`` -- :func:`fastncsn.sampling.get_graph_sampler`
   (what ``fastncsn.sample`` runs on CUDA): static buffers, fused CIN++ and Langevin
   step (backend "auto"), one CUDA graph per level; timed as whole ``sample()`` calls
-  of L x ``GRAPH_T`` steps (all levels, one sync per call) divided by the step count;
+  of L x ``GRAPH_T[batch]`` steps (all levels, one sync per call) divided by the step count;
 * ``graph-bf16-strict`` / ``graph-bf16-once`` / ``graph-bf16-strict-once`` -- the graph
   sampler's network-format switches (issue 15 item 2, :mod:`fastncsn.sampling.network_format`):
   ``layout="channels_last_strict"`` (NHWC for one channel too, weights converted once),
   ``weights="bf16_once"`` (bf16 weights made once, no autocast), and both; timed like
   ``graph-bf16`` in the same run, so the old and new formats are compared side by side
-  (prediction: benchmarks/NOTES.md, "Layout and precision (issue 15 item 2)").
+  (prediction: benchmarks/NOTES.md, "Layout and precision (issue 15 item 2)");
+* ``graph-bf16-pool`` / ``graph-bf16-glue`` -- ``graph-bf16`` with one fusion switch on
+  (``fastncsn.nn.set_fused_pool`` / ``set_fused_glue``, issue 15 item 3), and ``graph-bf16-all``:
+  the strict layout, bf16-once weights and both fusions (every pending switch at once).
 
 Every record's ``extra_info``: ``config``, ``batch``, ``path``, ``precision``,
 ``ms_per_step``, ``images_per_s`` (of a full NCSN run, L*T = 10*100 steps),
-``layout``, ``weights`` (the variant; graph paths), ``reference_ms_per_step`` and ``reference_peak_mem_gb`` (the reference path at the
+``layout``, ``weights``, ``fused_pool``, ``fused_glue`` (the variant; graph paths), ``timed_in_graph``
+(graph paths: the timed calls replayed captured graphs), ``steps_per_call``,
+``reference_ms_per_step`` and ``reference_peak_mem_gb`` (the reference path at the
 same config and batch, measured once per module run), ``speedup``, ``gflop_per_image``
 and ``tflops`` (FLOP count of one network forward, see :func:`_gflop_per_image`),
 ``peak_tflops`` and ``peak_fraction`` (of the device's dense bf16 peak, ``None`` for
@@ -41,6 +46,7 @@ import torch
 
 from fastncsn import ops
 from fastncsn.models import CondRefineNetDilated
+from variants import PATH_PREFIX, VARIANTS, apply_switches, settings
 from fastncsn.sampling import annealed_langevin, clear_graph_cache, get_graph_sampler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -50,20 +56,22 @@ BATCHES = (100, 1000)
 NUM_LEVELS = 10
 #: NCSN's sampler: T = 100 steps per level, step_lr 2e-5 in the reference convention
 FULL_T, EPS, CONVENTION = 100, 2e-5, "reference"
-#: steps per level of the timed graph sampler: one timed call = NUM_LEVELS * GRAPH_T steps
-GRAPH_T = 4
+#: steps per level of the timed graph sampler, per batch: one timed call = NUM_LEVELS * GRAPH_T steps, long
+#: enough that one host sync per call is noise (H100 2026-11-22: b1000 69-134 ms/step -> 0.7-1.3 s per call;
+#: b100 7-16 ms/step -> 0.3-0.7 s) and short enough that every variant fits the perf lab's stage limits
+GRAPH_T = {100: 4, 1000: 1}
 #: timed sample() calls per graph record (the first, untimed call builds and captures)
 ROUNDS = 3
 #: reference loop: warm-up steps, then timed steps (short: 365 ms/step at CIFAR-10 batch 1000)
 REF_WARMUP, REF_STEPS = 1, 3
 DEVICE = "cuda"
-#: path -> precision
-PATHS = {"reference": "fp32", "graph-bf16": "bf16", "graph-fp32": "fp32", "graph-bf16-strict": "bf16",
-         "graph-bf16-once": "bf16", "graph-bf16-strict-once": "bf16"}
-#: path -> GraphSampler network format (layout, weights); the others run the defaults
-NETWORK_FORMATS = {"graph-bf16-strict": ("channels_last_strict", "autocast"),
-                   "graph-bf16-once": ("channels_last", "bf16_once"),
-                   "graph-bf16-strict-once": ("channels_last_strict", "bf16_once")}
+#: path -> the settings of a graph path (benchmarks/variants.py: GraphSampler layout / weights, model switches)
+_GRAPH = {"graph-bf16": settings(None), "graph-fp32": settings(None),
+          **{PATH_PREFIX + v: settings(v) for v in VARIANTS}}
+#: path -> precision, in run order (a stage cut at its limit keeps the first): the reference, the old bf16
+#: path, the candidates with the most switches on, the fp32 path, then one switch at a time
+PATHS = {"reference": "fp32", "graph-bf16": "bf16", "graph-bf16-all": "bf16", "graph-bf16-strict-once": "bf16",
+         "graph-fp32": "fp32", **{PATH_PREFIX + v: "bf16" for v in VARIANTS}}
 #: dense (no sparsity) bf16 tensor-core peak, TFLOP/s, from the vendor data sheets; matched in order
 #: against the lower-case device name (first match wins)
 BF16_PEAK_TFLOPS = [
@@ -176,8 +184,10 @@ def test_sampling_step(benchmark, reference_cache, config, batch, path):
     model = _model(config)
     gflop = _gflop_per_image(model, config)
     precision = PATHS[path]
-    layout, weights = NETWORK_FORMATS.get(path, ("channels_last", "autocast"))
+    opts = _GRAPH.get(path, settings(None))
+    layout, weights, fused_pool, fused_glue = (opts[k] for k in ("layout", "weights", "fused_pool", "fused_glue"))
     startup = first_call = build = None
+    graphed = False
     if path == "reference":
         step = _reference_step(model, _x0(config, batch))
         _reset_peak()
@@ -192,18 +202,20 @@ def test_sampling_step(benchmark, reference_cache, config, batch, path):
         # step above left the norms on "torch"; the first H100 run, 2026-11-22, timed the graph paths
         # with those unfused norms -- see benchmarks/results/README.md)
         model.set_backend("auto")
+        apply_switches(model, fused_pool, fused_glue)
         x0 = _x0(config, batch)
-        steps = NUM_LEVELS * GRAPH_T
+        steps = NUM_LEVELS * GRAPH_T[batch]
         _reset_peak()
         t0 = time.perf_counter()
-        sampler = get_graph_sampler(model, batch, eps=EPS, steps_per_level=GRAPH_T, step_convention=CONVENTION,
-                                    precision=precision, layout=layout, weights=weights)
+        sampler = get_graph_sampler(model, batch, eps=EPS, steps_per_level=GRAPH_T[batch],
+                                    step_convention=CONVENTION, precision=precision, layout=layout, weights=weights)
         sampler.sample(batch, seed=0, x0=x0)
         torch.cuda.synchronize()
         first_call = time.perf_counter() - t0
         build = sampler.build_seconds
         assert sampler.use_graphs and sampler.captures >= 1 and sampler.precision == precision
         assert (sampler.layout, sampler.weights) == (layout, weights)
+        graphed = sampler.use_graphs
 
         def run():
             sampler.sample(batch, seed=0, x0=x0)
@@ -226,6 +238,8 @@ def test_sampling_step(benchmark, reference_cache, config, batch, path):
     benchmark.extra_info.update(
         config=config, batch=batch, path=path, precision=precision,
         layout=None if path == "reference" else layout, weights=None if path == "reference" else weights,
+        fused_pool=fused_pool, fused_glue=fused_glue, timed_in_graph=graphed,
+        steps_per_call=1 if path == "reference" else NUM_LEVELS * GRAPH_T[batch],
         ms_per_step=ms, images_per_s=images_per_s,
         reference_ms_per_step=ref_ms, speedup=ref_ms / ms, gflop_per_image=gflop, tflops=tflops,
         peak_tflops=peak_tflops, peak_fraction=None if peak_tflops is None else tflops / peak_tflops,

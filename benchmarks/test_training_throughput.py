@@ -15,7 +15,14 @@ MNIST (28x28x1, ngf 64) and CIFAR-10 (32x32x3, ngf 128), NCSN v1
 * ``fast-eager`` -- the same without the compile (what the compile buys);
 * ``fast-graph`` -- the fast path with the whole step (draws, forward, backward,
   capturable fused Adam, loss accumulators) replayed from one CUDA graph
-  (``fastncsn.training.GraphTrainStep``, issue 16; prediction in benchmarks/NOTES.md).
+  (``fastncsn.training.GraphTrainStep``, issue 16; prediction in benchmarks/NOTES.md);
+* ``fast-graph-eager`` -- the same graph without the regional compile (what the graph
+  buys on its own, at a few seconds of start-up instead of the compile's ~90 s).
+
+Order: ``fast-graph`` runs before ``fast``, so where a stage gives the process a fresh
+Inductor cache (the perf lab does) the candidate default's ``startup_s`` is the cold one;
+``compile_index`` (0, 1, ... among the compiled records of the process) says which
+records compiled into a warm cache.
 
 ``test_train_startup`` times ``fastncsn.train`` itself (digits, MNIST config, 3 steps)
 on the fast path with and without the graph: ``startup_s`` from the run's log (model
@@ -23,8 +30,8 @@ preparation to the end of the first step) and ``train_call_s`` (the whole call:
 data, model, 2 warm-up steps, capture and the first replay for the graph).
 
 Every record's ``extra_info``: ``config``, ``batch``, ``path``, ``precision``,
-``backend`` (the CIN++ backend "auto" resolved to), ``compile``, ``ms_per_step``,
-``images_per_s``, ``graph``, ``ready_s`` (to the end of the 4th step: the graph
+``backend`` (the CIN++ backend "auto" resolved to), ``compile``, ``compile_index``, ``ms_per_step``,
+``images_per_s``, ``graph`` (the step replayed from a CUDA graph), ``ready_s`` (to the end of the 4th step: the graph
 path's first replay), ``reference_ms_per_step`` (the reference path, same run, measured
 once per config in a module-scoped cache), ``speedup``, ``startup_s`` (from model
 preparation to the end of the first step, compilation included), ``peak_mem_gb``
@@ -55,10 +62,12 @@ LR = 1e-3
 INNER, ROUNDS = 5, 10
 DEVICE = "cuda"
 #: path -> (precision, fused backend, compile)
-PATHS = {"reference": ("fp32", "torch", False), "fast": ("bf16", "auto", True), "fast-eager": ("bf16", "auto", False),
-         "fast-graph": ("bf16", "auto", True)}
+PATHS = {"reference": ("fp32", "torch", False), "fast-graph": ("bf16", "auto", True), "fast": ("bf16", "auto", True),
+         "fast-graph-eager": ("bf16", "auto", False), "fast-eager": ("bf16", "auto", False)}
 #: the paths whose whole step is replayed from a CUDA graph (2 eager warm-up steps, then capture)
-GRAPH_PATHS = ("fast-graph",)
+GRAPH_PATHS = ("fast-graph", "fast-graph-eager")
+#: compiled records so far in this process (``compile_index``)
+_COMPILED = []
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +144,10 @@ def _reference(cache: dict, config: str) -> float:
 def test_training_step(benchmark, reference_ms_per_step, config, path):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    precision, backend, compile = PATHS[path]
+    compile_index = len(_COMPILED) if compile else None
+    if compile:
+        _COMPILED.append(path)
     step, startup, ready, params = _build(config, path)
     benchmark.pedantic(_timed(step), rounds=ROUNDS, warmup_rounds=1, iterations=1)
     ms = benchmark.stats.stats.median * 1e3 / INNER
@@ -143,12 +156,11 @@ def test_training_step(benchmark, reference_ms_per_step, config, path):
     if path == "reference":
         reference_ms_per_step.setdefault(config, ms)
     ref_ms = _reference(reference_ms_per_step, config)
-    precision, backend, compile = PATHS[path]
     benchmark.extra_info.update(
         config=config, batch=BATCH, path=path, precision=precision,
         backend=ops.resolve_backend(backend, DEVICE), compile=compile, ms_per_step=ms,
         images_per_s=BATCH / (ms * 1e-3), graph=path in GRAPH_PATHS, reference_ms_per_step=ref_ms,
-        speedup=ref_ms / ms, startup_s=startup, ready_s=ready,
+        speedup=ref_ms / ms, startup_s=startup, ready_s=ready, compile_index=compile_index,
         peak_mem_gb=peak, params=params, num_levels=NUM_LEVELS, device=torch.cuda.get_device_name())
     assert ms > 0
 

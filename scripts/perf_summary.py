@@ -13,7 +13,8 @@ Sections (each only when its records are there):
   min, max) and how many shapes were timed inside a CUDA graph; then the CIN++ forward at the
   sampling hot shape (bf16 channels-last 1000x64x28x28) per backend;
 * training -- per config and path, ms/step and the speed-up over the reference step;
-* provenance -- per file: device, date, commit and whether the tree was clean.
+* provenance -- per file: device, date, commit, whether the tree was clean and (perf-lab records) the driver,
+  torch, CUDA and Triton versions.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def sampling_lines(records):
 
 
 def ops_lines(records):
-    recs = [e for e in records if e.get("op") in ("cin_fwd", "cin_bwd", "langevin_step")]
+    recs = [e for e in records if e.get("op") in ("cin_fwd", "cin_bwd", "langevin_step", "cin_glue_fwd", "avg_pool5x5")]
     if not recs:
         return []
     out = ["ops: copy-bandwidth fraction over the shapes (geomean min max), shapes timed in a CUDA graph"]
@@ -84,8 +85,9 @@ def ops_lines(records):
     for (op, backend), es in sorted(groups.items()):
         fr = [e.get("bandwidth_fraction") for e in es if e.get("bandwidth_fraction")]
         graphed = sum(1 for e in es if e.get("timed_in_graph"))
-        out.append(f"  {op:13s} {backend:13s} {_pct(_gmean(fr))} {_pct(min(fr) if fr else None)} "
-                   f"{_pct(max(fr) if fr else None)}  {graphed}/{len(es)} in graph")
+        rotated = sum(1 for e in es if (e.get("working_set_bytes") or 0) >= (e.get("l2_bytes") or math.inf))
+        out.append(f"  {op:13s} {backend:14s} {_pct(_gmean(fr))} {_pct(min(fr) if fr else None)} "
+                   f"{_pct(max(fr) if fr else None)}  {graphed}/{len(es)} in graph, {rotated} past L2")
     hot = [e for e in recs if e["op"] == "cin_fwd" and list(e["shape"]) == HOT_SHAPE and e["dtype"] == "bfloat16"
            and e.get("layout") == "channels_last"]
     if hot:
@@ -117,9 +119,11 @@ def provenance_lines(runs):
         clean = e.get("tree_clean", git.get("tree_clean"))
         if clean is None and "dirty" in run.get("commit_info", {}):
             clean = not run["commit_info"]["dirty"]
+        v = e.get("versions") or {}
+        soft = "  " + " ".join(f"{k} {v[k]}" for k in ("driver", "torch", "cuda", "triton") if v.get(k)) if v else ""
         out.append(f"  {os.path.basename(path):42s} {len(bs):4d} records  {e.get('device', '?')}  "
                    f"{(run.get('datetime') or '?')[:16]}  commit {str(commit)[:10]}  "
-                   f"{'clean' if clean else 'DIRTY' if clean is False else 'clean?'}")
+                   f"{'clean' if clean else 'DIRTY' if clean is False else 'clean?'}{soft}")
     return out
 
 

@@ -250,6 +250,40 @@ def test_network_switch_triton_forward(one_thread):
     torch.testing.assert_close(out_on, out_off, rtol=1e-4, atol=1e-4)
 
 
+def test_rcu_switch_under_autocast_with_mixed_dtypes(one_thread):
+    """Autocast runs the convolutions in bf16 while a block's input can stay fp32 (on CUDA the bilinear
+    interpolation is on autocast's fp32 list, so a RefineBlock after an MSF fusion gets fp32 inputs):
+    the skip of an RCU block is then fp32 and the conv output bf16.  The unfused ``h + residual``
+    promotes to fp32; the fused path must do the same (it raised ``TypeError: residual ... bfloat16,
+    got float32`` from the fused add before), and with matching dtypes it must still fuse."""
+    from fastncsn.nn import set_fused_glue
+    from fastncsn.nn.blocks import RCUBlock
+    from fastncsn.nn.norms import ConditionalInstanceNorm2dPlus
+    torch.manual_seed(0)
+    rcu = RCUBlock(4, 2, 2, lambda c: ConditionalInstanceNorm2dPlus(c, 3, backend="torch")).eval()
+    y = torch.tensor([0, 2])
+    calls = []
+    for m in rcu.modules():
+        if isinstance(m, ConditionalInstanceNorm2dPlus):
+            m.forward_add = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(m.forward_add)
+    for dtype in (torch.float32, torch.bfloat16):          # fp32 input: mixed dtypes; bf16 input: one dtype
+        x = torch.rand(2, 4, 6, 6, generator=torch.Generator().manual_seed(1)).to(dtype)
+        outs = {}
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for fused in (False, True):
+                set_fused_glue(rcu, fused)
+                calls.clear()
+                outs[fused] = rcu(x, y)
+                fused_adds = len(calls)
+        assert outs[True].dtype == outs[False].dtype == torch.promote_types(dtype, torch.bfloat16)
+        if dtype == torch.float32:
+            assert fused_adds == 0                         # no fused add across dtypes: the unfused path, exactly
+            assert torch.equal(outs[True], outs[False])
+        else:
+            assert fused_adds == 1                         # one skip add fused into the next block's norm
+            torch.testing.assert_close(outs[True].float(), outs[False].float(), **TOL[torch.bfloat16])
+
+
 def test_set_fused_glue_checks_its_argument():
     from fastncsn.nn import set_fused_glue
     with pytest.raises(TypeError, match="enabled"):

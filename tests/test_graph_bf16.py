@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import fastncsn
+from benchmarks.variants import VARIANTS, apply_switches, settings
 from conftest import TOL
 from fastncsn.models.refinenet import CondRefineNetDilated
 from fastncsn.nn.norms import ConditionalInstanceNorm2dPlus
@@ -113,13 +114,14 @@ def _references(model, x, y):
     return ref, plain
 
 
-def _graph_step(model, x0, level, precision, use_graphs=None):
+def _graph_step(model, x0, level, precision, use_graphs=None, **options):
     """One step of the graph sampler at model level ``level`` from ``x0``: (sampler, score buffer, x1).
-    The step is x1 = x0 + alpha/2 score + sqrt(alpha) z with z the Philox stream at offset 0."""
+    The step is x1 = x0 + alpha/2 score + sqrt(alpha) z with z the Philox stream at offset 0.
+    ``options``: more ``GraphSampler`` arguments (``layout=``, ``weights=``)."""
     n = x0.shape[0]
     sampler = GraphSampler(model, n, sigmas=model.sigmas[level:level + 1], model_levels=[level],
                            steps_per_level=1, eps=0.5, step_convention="paper", precision=precision,
-                           capture="step", use_graphs=use_graphs)
+                           capture="step", use_graphs=use_graphs, **options)
     x1 = sampler.sample(n, seed=SEED, x0=x0)
     score = sampler.score[:n].clone()
     alpha = sampler.alpha_table[0]
@@ -174,11 +176,19 @@ def test_cpu_fp32_step_score_per_sample(one_thread):
 
 # ---------------------------------------------------------------------------------------------- GPU
 
-def _check_graph_step(model, x0, level, what):
+def _check_graph_step(model, x0, level, what, fused_pool=False, fused_glue=False, **options):
+    """The bf16 graph step's score against the fp32 reference (the 2x rule per sample, catching a wrong level
+    or sample); ``fused_pool`` / ``fused_glue`` switch the model's fusions on for the sampler only (the
+    references run the unfused reference network), ``options`` go to ``GraphSampler``."""
     clear_graph_cache()
     model.set_backend("auto")
-    sampler, score, _ = _graph_step(model, x0, level, "bf16")
+    apply_switches(model, fused_pool, fused_glue)
+    try:
+        sampler, score, _ = _graph_step(model, x0, level, "bf16", **options)
+    finally:
+        apply_switches(model, False, False)
     assert sampler.use_graphs and sampler.captures >= 1 and sampler.precision == "bf16"
+    assert all(getattr(sampler, k) == v for k, v in options.items()), options
     y = torch.full((x0.shape[0],), level, dtype=torch.long, device=x0.device)
     ref, plain = _references(model, x0, y)
     num_levels = len(model.sigmas)
@@ -204,6 +214,23 @@ def test_gpu_bf16_graph_step_benchmark_configs(config, batch):
     model = _bench_model(config)
     shape = (1, 28, 28) if config == "mnist" else (3, 32, 32)
     _check_graph_step(model, _x(batch, shape, "cuda"), 3, f"{config} b{batch}")
+
+
+@pytest.mark.gpu
+@pytest.mark.smoke
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("source", ["bundled", "mnist"])
+def test_gpu_smoke_variant_step(source, variant):
+    """The perf lab's correctness smoke (its ``smoke`` stage, before any timing): one captured bf16 step of
+    each pending variant, score element by element against the fp32 reference (the per-sample 2x rule
+    above), on the bundled model (level 9) and the MNIST benchmark config (batch 100, level 3).  Variants:
+    ``benchmarks/variants.py`` (the sampling benchmark times variant ``v`` as ``graph-bf16-<v>``)."""
+    if source == "bundled":
+        model = fastncsn.load(_bundled_path(), map_location="cuda").eval()
+        x0, level = _x(128, (1, 28, 28), "cuda"), 9
+    else:
+        model, x0, level = _bench_model("mnist"), _x(100, (1, 28, 28), "cuda"), 3
+    _check_graph_step(model, x0, level, f"{variant} ({source})", **settings(variant))
 
 
 @pytest.mark.gpu

@@ -313,6 +313,7 @@ def test_two_process_gloo_gathers_seeded_shards(tmp_path):
 # ---------------------------------------------------------------------------------------------- GPU
 
 @pytest.mark.gpu
+@pytest.mark.smoke
 @pytest.mark.parametrize("backend,method", [("torch", "annealed"), ("auto", "annealed"), ("torch", "hmc")])
 def test_gpu_fp32_graph_equals_reference(tol, backend, method):
     clear_graph_cache()

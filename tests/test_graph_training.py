@@ -154,6 +154,7 @@ def test_checkpoint_of_a_capturable_adam_resumes_on_the_cpu(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.smoke
 def test_gpu_graph_replay_equals_eager(monkeypatch):
     """On CUDA (fp32, 6 steps: 2 warm-up, capture, replays) the captured step equals the eager body:
     weights, EMA, Adam state, interval losses and the generator's state (Philox offsets advanced)."""

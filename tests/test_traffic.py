@@ -107,3 +107,18 @@ def test_candidate_with_fusions_budget():
     assert rep.kernels <= 233 and rep.gb <= 31.1, rep.by_kind()
     assert rep.by_kind()["pool"]["kernels"] == 8 and rep.options["fused_pool"]
     assert not rep.violations()["nchw"] and not rep.violations()["fp32"]
+
+
+def test_every_switch_on_under_autocast():
+    """Every switch on with the weights under autocast (``weights="autocast"``, strict NHWC layout, fused
+    pool and glue): CUDA autocast runs ``upsample_bilinear2d`` in fp32, so some RCU skips are fp32 while
+    the conv outputs are bf16; the glue fusion must add those unfused (it raised ``TypeError: residual
+    ... bfloat16, got float32`` in ``RCUBlock.forward_add`` before) and fuse the rest.  Measured
+    2026-12-02: MNIST b1000 346 kernels / 39.27 GB (the default path: 367 / 40.67)."""
+    rep = trace_sampling_step("mnist", 1000, "bf16", layout="channels_last_strict", weights="autocast",
+                              fused_pool=True, fused_glue=True)
+    assert rep.kernels <= 363 and rep.gb <= 41.2, rep.by_kind()
+    assert rep.kernels < 367 and rep.by_kind()["pool"]["kernels"] == 8   # fewer kernels than the default path
+    assert not rep.violations()["nchw"]
+    glue = [r for r in rep.ops if "glue" in r.op]
+    assert glue and {r.dtype for r in glue} <= {"bfloat16", "float32"}   # fused forms traced, both dtypes allowed

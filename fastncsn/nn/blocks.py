@@ -61,7 +61,9 @@ def set_fused_glue(module: nn.Module, enabled: bool = True) -> None:
     On: ``ResidualBlock`` runs ``conv1`` without its bias and folds the bias into
     ``normalize2`` (``CIN++(conv(x) + b)`` without writing ``conv(x) + b``), and ``RCUBlock``
     fuses the skip add that ends one of its blocks into the first norm of the next
-    (``s, out = norm.forward_add(x, residual)``).  Off (the default): the unfused modules.
+    (``s, out = norm.forward_add(x, residual)``) where the two terms share a dtype (under
+    autocast a bf16 conv output and an fp32 skip are added unfused, promoting as before).
+    Off (the default): the unfused modules.
     The flag is a plain attribute (``fuse_glue``): parameters, state-dict keys and the
     model config do not change.  Fused forms run on the ``torch`` and ``triton`` backends;
     a norm set to ``backend="cuda"`` raises ``BackendUnavailableError`` with the switch on.
@@ -176,7 +178,9 @@ class RCUBlock(nn.Module):
                 if j > 1:
                     h = _norm_act(getattr(self, f"{i}_{j}_norm", None), h, y)
                 h = getattr(self, f"{i}_{j}_conv")(h)
-            if self.fuse_glue and i < self.n_blocks and first is not None:
+            # fused: defer the add to the next block's norm -- only where both terms have one dtype (under
+            # autocast the conv output is bf16 while the skip can be fp32; ``h + residual`` then promotes)
+            if self.fuse_glue and i < self.n_blocks and first is not None and h.dtype == residual.dtype:
                 x, pending = h, residual
             else:
                 x = h + residual
