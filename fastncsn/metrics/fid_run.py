@@ -390,27 +390,30 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
     levels = int(torch.as_tensor(model.sigmas).numel())
     per_shard = levels * -(-shard_size // (batch_size or shard_size))   # the reference sampler's levels per shard
     bar = _progress(progress and rank == 0, total, finished_shards(out_dir, total), per_shard)
-    for k in mine:
+    try:  # the bar is closed however the run ends (an interruption's message then starts a line)
+        for k in mine:
+            if bar is not None:
+                bar.set_postfix_str(f"shard {k + 1} of {total}")
+            x = sample(model, sizes[k], seed=shard_seed(seed, k), device=device, fast=fast, precision=precision,
+                       batch_size=batch_size, steps_per_level=settings.steps_per_level, eps=settings.eps,
+                       progress=bar if bar is not None else False)
+            feats = image_features(x, fn, extract_batch_size)
+            blob = {"format": SHARD_FORMAT, "index": k, "seed": shard_seed(seed, k), "fingerprint": fp,
+                    "features": feats}
+            if save_samples:
+                blob["samples"] = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            atomic_save(blob, str(shard_path(out_dir, k)))
+            if on_shard is not None:
+                on_shard(k)
+            if bar is not None:   # every finished shard (other ranks' too), whatever the sampler advanced
+                bar.update(finished_shards(out_dir, total) * per_shard - bar.n)
+        if distributed:
+            dist.barrier(group)
         if bar is not None:
-            bar.set_postfix_str(f"shard {k + 1} of {total}")
-        x = sample(model, sizes[k], seed=shard_seed(seed, k), device=device, fast=fast, precision=precision,
-                   batch_size=batch_size, steps_per_level=settings.steps_per_level, eps=settings.eps,
-                   progress=bar if bar is not None else False)
-        feats = image_features(x, fn, extract_batch_size)
-        blob = {"format": SHARD_FORMAT, "index": k, "seed": shard_seed(seed, k), "fingerprint": fp,
-                "features": feats}
-        if save_samples:
-            blob["samples"] = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        atomic_save(blob, str(shard_path(out_dir, k)))
-        if on_shard is not None:
-            on_shard(k)
-        if bar is not None:   # every finished shard (other ranks' too), whatever the sampler advanced
-            bar.update(finished_shards(out_dir, total) * per_shard - bar.n)
-    if distributed:
-        dist.barrier(group)
-    if bar is not None:
-        bar.update(bar.total - bar.n)
-        bar.close()
+            bar.update(bar.total - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
     if rank != 0:
         return None
 
