@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-levels", type=F.count, default=10, help="L, the number of noise levels")
     t.add_argument("--sigma-1", type=F.noise_level, default=1.0, help="largest noise level (level 0)")
     t.add_argument("--sigma-L", type=F.noise_level, default=0.01, help="smallest noise level (level L-1)")
-    t.add_argument("--schedule", default="geometric", choices=SCHEDULES, help="noise ladder from --sigma-1 to --sigma-L")
+    t.add_argument("--schedule", default="geometric", choices=SCHEDULES,
+                   help="noise ladder from --sigma-1 to --sigma-L")
     t.add_argument("--batch-size", type=F.count, help=f"images per step, at most the dataset's size (default: "
                    f"{cpu['batch_size']} for digits on a CPU, else {gen['batch_size']})")
     t.add_argument("--lr", type=F.positive,
@@ -469,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(seed 000 Prop. 2) and suggestions.")
     c.add_argument("--kind", default="geometric", choices=SCHEDULES, help="the ladder's schedule")
     c.add_argument("--num-levels", type=F.count, default=10, help="L, the number of noise levels")
-    c.add_argument("--sigma-1", type=F.number_or(["data"], F.real(SIGMA_MIN, 1 / SIGMA_MIN, low_inclusive=True)), default="1.0",
+    c.add_argument("--sigma-1", type=F.number_or(["data"], SIGMA64), default="1.0",
                    help="largest noise level: a number, or 'data' for the largest pairwise distance of --data")
-    c.add_argument("--sigma-L", type=F.real(SIGMA_MIN, 1 / SIGMA_MIN, low_inclusive=True), default=0.01,
+    c.add_argument("--sigma-L", type=SIGMA64, default=0.01,
                    help=f"smallest noise level, >= {SIGMA_MIN:g} (its square must be a normal float64)")
     c.add_argument("--data", type=F.dataset, default="digits", help="dataset whose dimension D is used (digits: D=784)")
     c.add_argument("--root", type=F.existing_dir,

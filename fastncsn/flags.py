@@ -38,8 +38,8 @@ import sys
 from typing import Callable, Optional, Sequence
 
 __all__ = ["Check", "FlagError", "Parser", "HelpFormatter", "integer", "real", "count", "index", "seed",
-           "threads", "positive", "rate", "noise_level", "device", "existing_file", "existing_dir", "input_file", "output_file",
-           "output_dir", "dataset", "number_or", "listing", "check_above", "OUTPUT_KINDS", "INT_MAX"]
+           "threads", "positive", "rate", "noise_level", "device", "existing_file", "existing_dir", "input_file",
+           "output_file", "output_dir", "dataset", "number_or", "listing", "check_above", "OUTPUT_KINDS", "INT_MAX"]
 
 #: the largest int a flag takes (int64: what torch and numpy hold without overflow)
 INT_MAX = 2 ** 63 - 1
@@ -123,7 +123,8 @@ def _fail(why: str = ""):
 def integer(minimum: Optional[int] = None, maximum: int = INT_MAX, expected: Optional[str] = None) -> Check:
     """An int in ``[minimum, maximum]`` (decimal digits; ``1.5`` or ``1e3`` are not ints)."""
     lo = -INT_MAX - 1 if minimum is None else minimum
-    expected = expected or (f"an int >= {minimum}" if maximum == INT_MAX else f"an int in [{lo}, {maximum}]")
+    expected = expected or ("an int" if minimum is None and maximum == INT_MAX else
+                            f"an int >= {minimum}" if maximum == INT_MAX else f"an int in [{lo}, {maximum}]")
 
     def convert(text):
         v = int(text, 10)

@@ -201,7 +201,7 @@ def test_dataset_check_agrees_with_the_datasets():
         flags.dataset("imagenet")
 
 
-# ----------------------------------------------------------------------------- checks that need the model or several flags
+# ----------------------------------------------------------------------------- checks needing the model or several flags
 
 @pytest.fixture
 def no_sampling(monkeypatch):

@@ -94,7 +94,8 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
     body = (f"Samples of {name} ({type(model).__name__}, ngf {model.config.get('ngf')}, L = {snaps.shape[0]}): "
             f"n = {n}, seed {seed}, T = {T} per level, eps = {settings.eps:g} "
             f"({settings.step_convention} convention).\n\n![samples]({NAME}.png)\n\n"
-            f"## Annealing (seed 003 Figure 4)\n\nEach row: one sample at the end of noise levels 0..{snaps.shape[0] - 1}, "
+            f"## Annealing (seed 003 Figure 4)\n\nEach row: one sample at the end of noise levels "
+            f"0..{snaps.shape[0] - 1}, "
             f"then after the final step.\n\n![annealing]({NAME}_annealing.png)\n\n"
             f"Animation: [{NAME}_annealing.gif]({NAME}_annealing.gif)\n\n"
             f"## Nearest training neighbours (seed 003 appendix C.2)\n\nEach row: a sample, then its {k} nearest "
@@ -110,7 +111,8 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.experiment_parser("pictures", __doc__)
-    p.add_argument("--checkpoint", type=flags.existing_file, help="model checkpoint (default: the bundled digits model)")
+    p.add_argument("--checkpoint", type=flags.existing_file,
+                   help="model checkpoint (default: the bundled digits model)")
     p.add_argument("--n", type=flags.count, help="number of samples (default 64; with --quick 8)")
     p.add_argument("--steps-per-level", type=flags.count, help="T (default: the model's; with --quick 1)")
     p.add_argument("--eps", type=flags.positive, help="step size (default: the model's)")

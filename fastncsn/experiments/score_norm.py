@@ -112,7 +112,8 @@ def _plot(rows: list, fits: dict, D: int, path: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.experiment_parser("score-norm", __doc__)
-    p.add_argument("--checkpoint", type=flags.existing_file, help="model checkpoint (default: the bundled digits model)")
+    p.add_argument("--checkpoint", type=flags.existing_file,
+                   help="model checkpoint (default: the bundled digits model)")
     p.add_argument("--n", type=flags.count, help="inputs per level (default 500; with --quick 8)")
     p.add_argument("--seed", type=flags.seed, default=0, help="seed of the inputs and their noise")
     common.add_common_arguments(p, training=False)

@@ -98,5 +98,5 @@ class DivergenceGuard:
         at = f"step {step}" + (f" (seen at step {latest}, loss {loss})" if latest is not None else f": loss {loss}")
         return FloatingPointError(
             f"training diverged at {at}; non-finite per-level loss at levels {bad or 'unknown'} (of levels "
-            f"0..{len(per_level) - 1}); no checkpoint of non-finite weights was written -- the last finite checkpoint is "
-            "kept: resume from it with a lower lr (allow_changed_settings) or with gradient clipping")
+            f"0..{len(per_level) - 1}); no checkpoint of non-finite weights was written -- the last finite checkpoint "
+            "is kept: resume from it with a lower lr (allow_changed_settings) or with gradient clipping")
