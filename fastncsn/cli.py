@@ -1,78 +1,54 @@
-"""The ``fastncsn`` command: sample, train, inpaint, schedule.
+"""The ``fastncsn`` command: sample, train, inpaint, schedule, fid, fid-stats, experiment.
 
-Every subcommand has ``--help``; expected failures (missing files, bad values,
-corrupt checkpoints) print one ``fastncsn <command>: error: ...`` line and exit with 2.
+Every subcommand has ``--help`` (help text and default of every flag).  Every flag's value is
+checked while the command line is parsed (:mod:`fastncsn.flags`), and what depends on several
+flags or on the model (the picture size, ``--sigma-1`` > ``--sigma-L``, the dataset's size) before
+any sampling or training; expected failures print one line ``fastncsn COMMAND: error: --FLAG: ...``
+and exit with 2, writing nothing.  :func:`main` returns the exit status (``--help`` exits as argparse
+does).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import signal
 import sys
 import time
 from typing import Optional, Sequence
 
+from . import flags
 from .devices import check_device
-from .images import ensure_parent, save_gif, save_grid, save_strip
+from .flags import FlagError, Parser
+from .images import grid_size, max_picture_pixels, save_gif, save_grid, save_strip
 from .ops import BACKENDS
 
-__all__ = ["main", "check_output"]
+__all__ = ["main", "build_parser"]
 
 #: smallest --sigma-L of `fastncsn schedule` (sigma_L**2 stays a normal float64)
 SIGMA_MIN = 1e-150
+#: `fastncsn schedule` computes in float64: a noise level whose square is a normal float64
+SIGMA64 = flags.real(SIGMA_MIN, 1 / SIGMA_MIN, low_inclusive=True,
+                     expected=f"a noise level in [{SIGMA_MIN:g}, {1 / SIGMA_MIN:g}] (its square a normal float64)")
+#: inpainting masks of --mask-kind: the part that is completed
+MASK_KINDS = ("right_half", "left_half", "bottom_half", "center")
 
 
 class CLIError(Exception):
     """An expected failure reported as one line."""
 
 
-TENSOR_EXTENSIONS = (".pt", ".npz")
-
-
 def _save_tensor(x, path: str) -> None:
-    ensure_parent(path)
+    """The raw samples as ``.npz`` (array ``samples``) or ``.pt`` (the flag's check allows only those)."""
     if path.endswith(".npz"):
         import numpy as np
         np.savez_compressed(path, samples=x.cpu().numpy())
-    elif path.endswith(".pt"):
+    else:
         import torch
         torch.save(x.cpu(), path)
-    else:
-        raise CLIError(f"--save-tensor: expected a .pt or .npz path, got {path!r}")
-
-
-def _image_extensions() -> tuple:
-    """File extensions PIL can write (``.png``, ``.jpg``, ...)."""
-    from PIL import Image
-    Image.init()
-    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE))
-
-
-def check_output(path: Optional[str], flag: str, kind: str = "image") -> None:
-    """Before any compute: ``path`` (``None``: not asked for) can be written as ``kind``.
-
-    ``kind``: ``"image"`` (any format PIL writes), ``"gif"`` or ``"tensor"`` (.pt/.npz).  The
-    folder must exist, ``path`` must not be a folder and must end in a known extension.
-    """
-    if path is None:
-        return
-    exts = {"image": None, "gif": (".gif",), "tensor": TENSOR_EXTENSIONS}[kind]
-    exts = exts or _image_extensions()
-    example = {"image": "samples.png", "gif": "annealing.gif", "tensor": "samples.pt"}[kind]
-    if os.path.isdir(path):
-        raise CLIError(f"{flag}: {path!r} is a directory; expected a file name such as {example}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise CLIError(f"{flag}: directory {os.path.dirname(path) or parent!r} does not exist")
-    if not path.lower().endswith(exts):
-        shown = ", ".join(e for e in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".webp") if e in exts) \
-            if kind == "image" else " or ".join(exts)
-        raise CLIError(f"{flag}: expected a file name ending in {shown}{', ...' if kind == 'image' else ''}, "
-                       f"got {path!r}")
 
 
 def _device(device: Optional[str]):
-    """``--device`` checked up front (one line naming --device), CPU when not given."""
+    """``--device`` (checked by its flag) as a ``torch.device``, CPU when not given."""
     import torch
     return check_device(device, "--device") or torch.device("cpu")
 
@@ -87,6 +63,17 @@ def _diverged(exc) -> CLIError:
     return CLIError(f"--eps: {exc}; nothing written (try a smaller --eps)")
 
 
+def check_picture(flag: str, n: int, shape, scale: int, nrow: Optional[int] = None) -> None:
+    """Before sampling: the picture ``flag`` of ``n`` images of ``shape`` (C, H, W) tiled ``nrow`` per row and
+    upscaled ``scale`` times stays within :func:`~fastncsn.images.max_picture_pixels`; else one line naming
+    ``--scale``."""
+    h, w = grid_size(n, shape[-2], shape[-1], nrow=nrow, scale=scale)
+    limit = max_picture_pixels()
+    if h * w > limit:
+        raise CLIError(f"--scale: {flag} would be {w}x{h} pixels ({n} images of {shape[-1]}x{shape[-2]}, --scale "
+                       f"{scale}), more than PIL's MAX_IMAGE_PIXELS ({limit:,}); lower --scale or --n")
+
+
 # ----------------------------------------------------------------------------- subcommands
 
 def _cmd_sample(a) -> None:
@@ -95,11 +82,6 @@ def _cmd_sample(a) -> None:
     from .sampling.core import check_backend
     t0 = time.time()
     device = _device(a.device)
-    if a.n < 1:
-        raise CLIError(f"--n: expected >= 1, got {a.n}")
-    for path, flag, kind in ((a.out, "--out", "image"), (a.strip, "--strip", "image"), (a.gif, "--gif", "gif"),
-                             (a.save_tensor, "--save-tensor", "tensor")):
-        check_output(path, flag, kind)
     check_backend(a.backend, device, "--backend")
     model = _load_model(a.checkpoint, device)
     want_snaps = bool(a.strip or a.gif)
@@ -112,7 +94,15 @@ def _cmd_sample(a) -> None:
     if a.precision == "bf16" and not fast:
         raise CLIError("--precision: bf16 runs on the fast CUDA-graph sampler only; the reference sampler "
                        "(--no-fast, or any CPU device) is fp32")
-    T = SamplerSettings.resolve(model, steps_per_level=a.steps_per_level).steps_per_level
+    settings = SamplerSettings.resolve(model, steps_per_level=a.steps_per_level)
+    T, shape = settings.steps_per_level, tuple(model.data_shape)
+    if len(shape) == 3:                 # the pictures' size, before any sampling
+        check_picture("--out", a.n, shape, a.scale)
+        levels = int(model.sigmas.numel())
+        if a.strip:
+            check_picture("--strip", min(a.n, 8) * levels, shape, a.scale, nrow=levels)
+        if a.gif:
+            check_picture("--gif", min(a.n, 8), shape, a.scale)
     kwargs = dict(n=a.n, seed=a.seed, steps_per_level=a.steps_per_level, eps=a.eps, step_convention=a.step_convention,
                   denoise=a.denoise, progress=not a.quiet, backend=a.backend, batch_size=a.batch_size,
                   fast=fast, precision=a.precision)
@@ -143,17 +133,43 @@ def _cmd_sample(a) -> None:
     print(f"fastncsn: {a.n} samples in {time.time() - t0:.1f} s -> {', '.join(written)}")
 
 
-#: Python argument names -> the commands' flags: a ValueError from the library starts with the argument's
-#: name, and the one-line CLI error names the flag instead
+#: Python argument names -> the commands' flags: a ValueError (or CheckpointError, FileNotFoundError) from the
+#: library starts with the argument's name, and the one-line CLI error names the flag instead
 _ARG_FLAGS = {"fast": "--fast", "precision": "--precision", "compile": "--compile", "graph": "--graph",
               "keep_last": "--keep-last", "out_dir": "--out", "allow_changed_settings": "--allow-changed-settings",
               "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "checkpoint_every": "--checkpoint-every",
               "steps_per_level": "--steps-per-level", "eps": "--eps", "step_convention": "--step-convention",
-              "seed": "--seed", "device": "--device", "backend": "--backend", "n": "--n"}
+              "seed": "--seed", "device": "--device", "backend": "--backend", "n": "--n",
+              "ngf": "--ngf", "L": "--num-levels", "num_levels": "--num-levels", "sigma_1": "--sigma-1",
+              "sigma_L": "--sigma-L", "root": "--root", "data": "--data", "ema_rate": "--ema",
+              "tensorboard_dir": "--tensorboard", "checkpoint": "--checkpoint", "ref": "--ref", "npz": "--npz",
+              "out": "--out", "extractor": "--extractor", "inception_weights": "--inception-weights",
+              "weights_path": "--inception-weights", "shard_size": "--shard-size", "kind": "--kind",
+              "image": "--image", "mask": "--mask"}
+#: per command: names whose flag depends on the command ("path" is the checkpoint's file, or a run's)
+_COMMAND_ARG_FLAGS = {"sample": {"path": "--checkpoint"}, "inpaint": {"path": "--checkpoint"},
+                      "fid": {"path": "--checkpoint", "mu2": "--ref", "sigma2": "--ref"},
+                      "train": {"path": "--out"}}
+#: words of the library's messages that name a Python argument, as the flag
+_ARG_WORDS = {"allow_changed_settings=True": "--allow-changed-settings", "another out_dir": "another --out"}
+
+
+def flag_message(command: str, msg: str, args: Optional[argparse.Namespace] = None) -> str:
+    """``msg`` of a library error with the Python argument it starts with (``path: ...``) replaced by the
+    command's flag (``--checkpoint: ...``; ``root``, the folder of a dataset, is ``--data`` for
+    ``--data folder:PATH``)."""
+    table = dict(_ARG_FLAGS, **_COMMAND_ARG_FLAGS.get(command, {}))
+    if str(getattr(args, "data", None) or "").startswith("folder:"):
+        table["root"] = "--data"
+    name, sep, rest = msg.partition(":")
+    if sep and name in table:
+        for word, flag in _ARG_WORDS.items():
+            rest = rest.replace(word, flag)
+        msg = table[name] + ":" + rest
+    return msg
 
 
 def _cmd_train(a) -> int:
-    check_device(a.device, "--device")
     from .training import CPU_DIGITS_RECIPE, TrainingInterrupted, default_recipe, describe_recipe, find_checkpoints, train
     data = a.data
     recipe = default_recipe(data, a.device)
@@ -161,10 +177,7 @@ def _cmd_train(a) -> int:
     for key, value in given.items():
         if value is not None:
             recipe[key] = value
-    if a.ema is not None and not 0 <= a.ema < 1:
-        raise CLIError(f"--ema: expected a rate in [0, 1) (0 = no EMA), got {a.ema}")
-    if a.keep_last < 1:
-        raise CLIError(f"--keep-last: expected an int >= 1 (checkpoints of this run to keep), got {a.keep_last}")
+    flags.check_above(a.sigma_1, "--sigma-1", a.sigma_L, "--sigma-L")
     if a.no_resume and find_checkpoints(a.out):
         raise CLIError(f"--out: {a.out!r} holds checkpoints of an earlier run; --no-resume would start a second run "
                        "beside them: choose another --out or remove the old checkpoints")
@@ -180,13 +193,6 @@ def _cmd_train(a) -> int:
                       root=a.root, fast=a.fast, precision=a.precision, compile=a.compile, graph=a.graph,
                       tensorboard_dir=a.tensorboard, allow_changed_settings=a.allow_changed_settings,
                       extra={"command": " ".join(["fastncsn"] + sys.argv[1:])})
-    except ValueError as exc:
-        # train checks its arguments, --out and a resume's settings before any work; name the flag
-        name, _, rest = str(exc).partition(":")
-        if name in _ARG_FLAGS and rest:
-            rest = rest.replace("allow_changed_settings=True", "--allow-changed-settings")
-            raise CLIError(_ARG_FLAGS[name] + ":" + rest.replace("another out_dir", "another --out")) from None
-        raise
     except FloatingPointError as exc:  # diverged: the last finite checkpoint is kept
         print(f"fastncsn train: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 3
@@ -198,6 +204,7 @@ def _cmd_train(a) -> int:
 
 
 def _mask_for(kind: str, shape):
+    """The inpainting mask ``[1, C, H, W]`` of ``kind`` (:data:`MASK_KINDS`; the flag's choices): 1 = known."""
     import torch
     c, h, w = shape
     m = torch.zeros(1, c, h, w)
@@ -207,19 +214,15 @@ def _mask_for(kind: str, shape):
         m[..., w // 2:] = 1
     elif kind == "bottom_half":
         m[..., : h // 2, :] = 1
-    elif kind == "center":
+    else:                              # center
         m[:] = 1
         m[..., h // 4: h - h // 4, w // 4: w - w // 4] = 0
-    else:
-        raise CLIError(f"--mask-kind: expected right_half, left_half, bottom_half or center, got {kind!r}")
     return m
 
 
 def _read_image(path: str, shape):
     import torch
     from PIL import Image
-    if not os.path.isfile(path):
-        raise CLIError(f"--image/--mask: no such file {path!r}")
     c, h, w = shape
     with Image.open(path) as im:
         im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
@@ -233,13 +236,11 @@ def _cmd_inpaint(a) -> None:
     from .sampling.api import sample
     t0 = time.time()
     device = _device(a.device)
-    check_output(a.out, "--out", "image")
-    if a.n < 1:
-        raise CLIError(f"--n: expected >= 1, got {a.n}")
     model = _load_model(a.checkpoint, device)
     shape = tuple(model.data_shape)
     if len(shape) != 3:
         raise CLIError("--checkpoint: inpainting needs an image model")
+    check_picture("--out", a.n + 1, shape, a.scale, nrow=a.n + 1)
     if a.image:
         known = _read_image(a.image, shape)
     else:
@@ -265,39 +266,26 @@ def _cmd_schedule(a) -> None:
     import torch
     from .data import DATASET_CONFIGS, get_dataset
     from .schedules import get_sigmas, num_levels_for_overlap, overlap_probabilities, sigma_1_from_data, step_size_for
-    base = a.data.split(":")[0]
-    if base not in DATASET_CONFIGS:
-        raise CLIError(f"--data: expected one of {', '.join(DATASET_CONFIGS)} or folder:PATH, got {a.data!r}")
-    cfg = DATASET_CONFIGS[base]
+    cfg = DATASET_CONFIGS[a.data.split(":")[0]]
     dim = cfg["channels"] * cfg["image_size"] ** 2
-    for flag, v in (("--num-levels", a.num_levels), ("--steps-per-level", a.steps_per_level),
-                    ("--max-points", a.max_points)):
-        if v < 1:
-            raise CLIError(f"{flag}: expected an int >= 1, got {v}")
-    if not (math.isfinite(a.sigma_L) and SIGMA_MIN <= a.sigma_L):
-        raise CLIError(f"--sigma-L: expected a finite number >= {SIGMA_MIN:g} (its square must be a normal "
-                       f"float64), got {a.sigma_L!r}")
     if a.sigma_1 == "data":
         ds = get_dataset(a.data, root=a.root)
         x = torch.stack([ds[i][0] for i in range(min(len(ds), a.max_points))])
         sigma_1 = sigma_1_from_data(x)
         print(f"sigma_1 from data (largest pairwise distance of {x.shape[0]} images): {sigma_1:.4f}")
     else:
-        try:
-            sigma_1 = float(a.sigma_1)
-        except ValueError:
-            raise CLIError(f"--sigma-1: expected a number or 'data', got {a.sigma_1!r}") from None
-    if not (math.isfinite(sigma_1) and sigma_1 > a.sigma_L):
-        raise CLIError(f"--sigma-1: expected a finite number > --sigma-L ({a.sigma_L:g}), got {sigma_1!r}")
+        sigma_1 = a.sigma_1
+    flags.check_above(sigma_1, "--sigma-1", a.sigma_L, "--sigma-L")
     s = get_sigmas(a.kind, sigma_1, a.sigma_L, a.num_levels, dtype=torch.float64)
     p = overlap_probabilities(s, dim)
-    print(f"{a.kind} ladder, L={a.num_levels}, sigma_1={sigma_1:g}, sigma_L={a.sigma_L:g}, data dimension D={dim}")
+    print(f"{a.kind} ladder, L={a.num_levels}, sigma_1={sigma_1:g}, sigma_L={a.sigma_L:g}, data dimension D={dim}; "
+          f"levels i = 0..{a.num_levels - 1}, largest sigma first")
     print(f"{'i':>4} {'sigma_i':>12} {'gamma_i':>9} {'overlap P_i':>12}")
     for i, v in enumerate(s.tolist()):
         if i == 0:
-            print(f"{i + 1:>4} {v:>12.6g} {'':>9} {'':>12}")
+            print(f"{i:>4} {v:>12.6g} {'':>9} {'':>12}")
         else:
-            print(f"{i + 1:>4} {v:>12.6g} {s[i - 1].item() / v:>9.4f} {p[i - 1].item():>12.4g}")
+            print(f"{i:>4} {v:>12.6g} {s[i - 1].item() / v:>9.4f} {p[i - 1].item():>12.4g}")
     try:
         need = num_levels_for_overlap(sigma_1, a.sigma_L, dim, C=0.5)
         print(f"smallest geometric L with overlap >= 0.5: {need}")
@@ -320,106 +308,123 @@ def _check_extractor(a) -> None:
         raise CLIError(f"--inception-weights: {exc}") from None
 
 
-def _cmd_fid(a) -> None:
-    from .metrics.fid_run import fid_of_checkpoint
-    for name, v in (("--n", a.n), ("--shard-size", a.shard_size), ("--batch-size", a.batch_size),
-                    ("--steps-per-level", a.steps_per_level)):
-        if v is not None and v < 1:
-            raise CLIError(f"{name}: expected an int >= 1, got {v}")
-    if a.seed < 0:
-        raise CLIError(f"--seed: expected an int >= 0, got {a.seed}")
-    if a.eps is not None and not a.eps > 0:
-        raise CLIError(f"--eps: expected a step size > 0, got {a.eps}")
-    if not os.path.isfile(a.checkpoint):
-        raise CLIError(f"--checkpoint: no such file {a.checkpoint!r}")
-    if not os.path.isfile(a.ref):
-        raise CLIError(f"--ref: no such statistics file {a.ref!r} (make one with: fastncsn fid-stats --data ... "
-                       "--out STATS)")
+class _Stop(Exception):
+    """SIGTERM turned into an exception (SIGINT is Python's KeyboardInterrupt)."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def _cmd_fid(a) -> int:
+    from .checkpoint import BUNDLED_PATH
+    from .metrics.fid_run import default_out_dir, fid_of_checkpoint, finished_shards, num_shards
+    checkpoint = a.checkpoint or BUNDLED_PATH
+    out = a.out or str(default_out_dir(checkpoint, a.n, a.seed))
     _check_extractor(a)
-    result = fid_of_checkpoint(a.checkpoint, a.ref, n=a.n, out_dir=a.out, seed=a.seed, batch_size=a.batch_size,
-                               shard_size=a.shard_size, extractor=a.extractor, inception_weights=a.inception_weights,
-                               device=a.device, fast=a.fast, precision=a.precision,
-                               steps_per_level=a.steps_per_level, eps=a.eps, save_samples=a.save_samples,
-                               progress=not a.quiet)
+    if not a.quiet:
+        print(f"fastncsn fid: shards and fid.json in {out}", file=sys.stderr)
+    old = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        result = fid_of_checkpoint(checkpoint, a.ref, n=a.n, out_dir=out, seed=a.seed, batch_size=a.batch_size,
+                                   shard_size=a.shard_size, extractor=a.extractor,
+                                   inception_weights=a.inception_weights, device=a.device, fast=a.fast,
+                                   precision=a.precision, steps_per_level=a.steps_per_level, eps=a.eps,
+                                   save_samples=a.save_samples, progress=not a.quiet)
+    except (_Stop, KeyboardInterrupt) as exc:  # shards are written atomically: the finished ones are kept
+        name, code = ("SIGTERM", 143) if isinstance(exc, _Stop) else ("SIGINT", 130)
+        done = finished_shards(out, num_shards(a.n, a.shard_size))
+        print(f"fastncsn: fid interrupted by {name} with {done} of {num_shards(a.n, a.shard_size)} shards saved "
+              f"in {out}; rerun the same command to resume", file=sys.stderr)
+        return code
+    finally:
+        signal.signal(signal.SIGTERM, old)
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():  # joined from torchrun's environment by the run
         dist.destroy_process_group()
     if result is not None:
         print(f"FID {result['fid']:.4f} ({result['extractor']['name']} features, n={result['n']}, "
-              f"seed={result['seed']})")
+              f"seed={result['seed']}) -> {os.path.join(out, 'fid.json')}")
 
 
 def _cmd_fid_stats(a) -> None:
     from .metrics.fid_run import reference_stats
-    if a.batch_size < 1:
-        raise CLIError(f"--batch-size: expected an int >= 1, got {a.batch_size}")
-    if a.npz is not None and not os.path.isfile(a.npz):
-        raise CLIError(f"--npz: no such file {a.npz!r}")
-    if a.npz is not None and not a.npz.endswith(".npz"):
-        raise CLIError(f"--npz: expected a .npz file of images, got {a.npz!r}")
     _check_extractor(a)
     stats = reference_stats(a.npz or a.data, extractor=a.extractor, out=a.out, root=a.root,
-                            inception_weights=a.inception_weights, batch_size=a.batch_size, device=a.device)
+                            inception_weights=a.inception_weights, batch_size=a.batch_size, device=a.device,
+                            progress=not a.quiet)
     print(f"wrote {a.out}: {a.extractor} feature statistics of {stats.n} images (dim {stats.dim})")
 
 
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastncsn", description="Noise Conditional Score Networks: sample, train, "
-                                "inpaint, inspect noise schedules.")
-    sub = p.add_subparsers(dest="command", required=True)
+    """The ``fastncsn`` parser: every value-taking flag is checked by its ``type=`` from :mod:`fastncsn.flags`
+    (or its ``choices``) while the command line is parsed, before any work."""
+    from .schedules import SCHEDULES
+    F = flags
+    p = Parser(prog="fastncsn", description="Noise Conditional Score Networks: sample, train, inpaint, inspect "
+               "noise schedules, FID.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("sample", help="annealed Langevin samples as a PNG grid",
                        description="Draw samples with annealed Langevin dynamics (default: the bundled digits model).")
-    s.add_argument("--checkpoint", help="checkpoint path (default: the bundled digits model)")
-    s.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--steps-per-level", type=int, help="T (default: the model's)")
-    s.add_argument("--eps", type=float, help="step size in --step-convention (default: the model's)")
-    s.add_argument("--step-convention", choices=["paper", "reference", "snr"])
+    s.add_argument("--checkpoint", type=F.existing_file, help="checkpoint path (default: the bundled digits model)")
+    s.add_argument("--n", type=F.count, default=16, help="number of samples")
+    s.add_argument("--seed", type=F.seed, default=0, help="seed of the samples (sample k depends on it and k only)")
+    s.add_argument("--steps-per-level", type=F.count, help="T, Langevin steps per noise level (default: the model's)")
+    s.add_argument("--eps", type=F.positive, help="step size in --step-convention (default: the model's)")
+    s.add_argument("--step-convention", choices=["paper", "reference", "snr"],
+                   help="meaning of --eps (README: step-size conventions; default: the model's)")
     s.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
                    help="final denoising step (default: the model's)")
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--device")
-    s.add_argument("--backend", default="auto", choices=BACKENDS)
+    s.add_argument("--batch-size", type=F.count, help="samples drawn at once (default: all --n)")
+    s.add_argument("--device", type=F.device, help="cpu, cuda or cuda:N (default: cpu)")
+    s.add_argument("--backend", default="auto", choices=BACKENDS, help="where the fused ops run")
     s.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA-graph sampler (needs a CUDA --device); --no-fast: the reference eager sampler "
                         "(default: fast when the device is CUDA)")
     s.add_argument("--precision", choices=["fp32", "bf16"],
                    help="network precision of the fast sampler (default: bf16 where the GPU supports it); "
                         "the reference sampler is fp32")
-    s.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
-    s.add_argument("--scale", type=int, default=2, help="upscale the PNG by this factor (default 2)")
-    s.add_argument("--save-tensor", help="also save the raw samples (not clamped to [0, 1], unlike the PNG) "
-                   "as .pt or .npz")
-    s.add_argument("--strip", help="PNG of the first images at the end of every noise level")
-    s.add_argument("--gif", help="animated GIF of the annealing")
+    s.add_argument("--out", type=F.output_file("image"), default="samples.png", help="PNG grid of the samples")
+    s.add_argument("--scale", type=F.count, default=2, help="upscale the pictures by this factor")
+    s.add_argument("--save-tensor", type=F.output_file("tensor"), help="also save the raw samples (not clamped to "
+                   "[0, 1], unlike the PNG) as .pt or .npz (default: not saved)")
+    s.add_argument("--strip", type=F.output_file("image"),
+                   help="PNG of the first images at the end of every noise level (default: none)")
+    s.add_argument("--gif", type=F.output_file("gif"), help="animated GIF of the annealing (default: none)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sample)
 
     from .training.recipes import CPU_DIGITS_RECIPE as cpu, GENERIC_RECIPE as gen
     t = sub.add_parser("train", help="train a score network with denoising score matching",
                        description="Train CondRefineNetDilated with DSM; resumes from the newest checkpoint in --out.")
-    t.add_argument("--data", default="digits", help="digits | mnist | cifar10 | celeba | stanford_cars | folder:PATH")
-    t.add_argument("--root", help="directory of the torchvision dataset files")
-    t.add_argument("--out", required=True, help="run directory (checkpoints, train_log.jsonl)")
-    t.add_argument("--steps", type=int, help=f"total steps (default: {cpu['steps']} for digits on a CPU, else {gen['steps']})")
-    t.add_argument("--ngf", type=int, help=f"network width (default: {cpu['ngf']} for digits on a CPU, else {gen['ngf']})")
-    t.add_argument("--num-levels", type=int, default=10)
-    t.add_argument("--sigma-1", type=float, default=1.0)
-    t.add_argument("--sigma-L", type=float, default=0.01)
-    t.add_argument("--schedule", default="geometric",
-                   choices=["geometric", "linear", "cosine", "squared_cosine", "sigmoid"])
-    t.add_argument("--batch-size", type=int, help=f"default: {cpu['batch_size']} for digits on a CPU, else {gen['batch_size']}")
-    t.add_argument("--lr", type=float, help=f"Adam learning rate (default: {cpu['lr']:g} for digits on a CPU, else {gen['lr']:g})")
-    t.add_argument("--ema", type=float,
+    t.add_argument("--data", type=F.dataset, default="digits",
+                   help="digits | mnist | cifar10 | celeba | stanford_cars | folder:PATH")
+    t.add_argument("--root", type=F.existing_dir, help="directory of the torchvision dataset files (default: none; "
+                   "needed by mnist, cifar10, celeba, stanford_cars)")
+    t.add_argument("--out", type=F.output_dir, required=True, help="run directory (checkpoints, train_log.jsonl)")
+    t.add_argument("--steps", type=F.count,
+                   help=f"total steps (default: {cpu['steps']} for digits on a CPU, else {gen['steps']})")
+    t.add_argument("--ngf", type=F.count,
+                   help=f"network width (default: {cpu['ngf']} for digits on a CPU, else {gen['ngf']})")
+    t.add_argument("--num-levels", type=F.count, default=10, help="L, the number of noise levels")
+    t.add_argument("--sigma-1", type=F.noise_level, default=1.0, help="largest noise level (level 0)")
+    t.add_argument("--sigma-L", type=F.noise_level, default=0.01, help="smallest noise level (level L-1)")
+    t.add_argument("--schedule", default="geometric", choices=SCHEDULES,
+                   help="noise ladder from --sigma-1 to --sigma-L")
+    t.add_argument("--batch-size", type=F.count, help=f"images per step, at most the dataset's size (default: "
+                   f"{cpu['batch_size']} for digits on a CPU, else {gen['batch_size']})")
+    t.add_argument("--lr", type=F.positive,
+                   help=f"Adam learning rate (default: {cpu['lr']:g} for digits on a CPU, else {gen['lr']:g})")
+    t.add_argument("--ema", type=F.rate,
                    help=f"EMA rate of the weights, e.g. 0.999; 0 turns it off (default: {cpu['ema_rate']:g} for digits "
                         f"on a CPU, else {gen['ema_rate'] or 'off'}); sampling from a checkpoint uses the EMA weights when present")
-    t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--keep-last", type=int, default=3, help="checkpoints of this run to keep, >= 1 (default 3)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device")
+    t.add_argument("--checkpoint-every", type=F.count, default=500, help="steps between checkpoints")
+    t.add_argument("--keep-last", type=F.count, default=3, help="checkpoints of this run to keep, >= 1")
+    t.add_argument("--seed", type=F.seed, default=0, help="seed of the initial weights, data order and noise")
+    t.add_argument("--device", type=F.device, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     t.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="the fast training step (channels-last, fused CIN++, fused Adam, regional torch.compile; "
                         "default: on CUDA devices only)")
@@ -430,65 +435,78 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--graph", action=argparse.BooleanOptionalAction, default=False,
                    help="replay the whole training step (draws, forward, backward, Adam, EMA) from one CUDA graph "
                         "(default: off until measured on a GPU; on the CPU the same step runs eagerly)")
-    t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars to DIR (needs tensorboard)")
+    t.add_argument("--tensorboard", type=F.output_dir, metavar="DIR",
+                   help="also write TensorBoard scalars to DIR (needs tensorboard; default: none)")
     t.add_argument("--no-resume", action="store_true",
                    help="start a new run; refused when --out already holds checkpoints (choose another --out)")
     t.add_argument("--allow-changed-settings", action="store_true",
                    help="resume although --lr, --batch-size, --data, --ema, --seed or the noise ladder differ from "
                         "the checkpoint's (default: refused); the new values apply and the change is recorded")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar, no recipe note")
     t.set_defaults(func=_cmd_train)
 
     i = sub.add_parser("inpaint", help="complete the masked part of an image",
                        description="Inpainting with annealed Langevin dynamics (known pixels re-noised per level).")
     src = i.add_mutually_exclusive_group()
-    src.add_argument("--image", help="PNG/JPEG image (resized to the model's size)")
-    src.add_argument("--from-digits", type=int, default=0, help="index of an embedded digit (default 0)")
-    i.add_argument("--mask", help="mask image: white = known pixels")
-    i.add_argument("--mask-kind", default="right_half", help="right_half | left_half | bottom_half | center")
-    i.add_argument("--checkpoint")
-    i.add_argument("--n", type=int, default=8)
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--steps-per-level", type=int)
-    i.add_argument("--device")
-    i.add_argument("--out", default="inpainting.png")
-    i.add_argument("--scale", type=int, default=2)
-    i.add_argument("--quiet", action="store_true")
+    src.add_argument("--image", type=F.existing_file,
+                     help="PNG/JPEG image, resized to the model's size (default: --from-digits)")
+    src.add_argument("--from-digits", type=F.index, default=0, help="index of an embedded digit")
+    i.add_argument("--mask", type=F.existing_file, help="mask image: white = known pixels (default: --mask-kind)")
+    i.add_argument("--mask-kind", default="right_half", choices=list(MASK_KINDS),
+                   help="which part is completed when no --mask is given")
+    i.add_argument("--checkpoint", type=F.existing_file, help="checkpoint path (default: the bundled digits model)")
+    i.add_argument("--n", type=F.count, default=8, help="number of completions")
+    i.add_argument("--seed", type=F.seed, default=0, help="seed of the completions")
+    i.add_argument("--steps-per-level", type=F.count, help="T, Langevin steps per noise level (default: the model's)")
+    i.add_argument("--device", type=F.device, help="cpu, cuda or cuda:N (default: cpu)")
+    i.add_argument("--out", type=F.output_file("image"), default="inpainting.png",
+                   help="PNG: the masked input, then the completions")
+    i.add_argument("--scale", type=F.count, default=2, help="upscale the PNG by this factor")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
     i.set_defaults(func=_cmd_inpaint)
 
     c = sub.add_parser("schedule", help="print a noise ladder and its overlap diagnostics",
-                       description="Noise ladder, consecutive-level overlap (seed 000 Prop. 2) and suggestions.")
-    c.add_argument("--kind", default="geometric", choices=["geometric", "linear", "cosine", "squared_cosine", "sigmoid"])
-    c.add_argument("--num-levels", type=int, default=10)
-    c.add_argument("--sigma-1", default="1.0", help="a number, or 'data' for the largest pairwise distance")
-    c.add_argument("--sigma-L", type=float, default=0.01)
-    c.add_argument("--data", default="digits", help="dataset whose dimension D is used (default digits, D=784)")
-    c.add_argument("--root")
-    c.add_argument("--steps-per-level", type=int, default=100, help="T for the step-size suggestion")
-    c.add_argument("--max-points", type=int, default=5000, help="images used for --sigma-1 data")
+                       description="Noise ladder (levels 0..L-1, largest sigma first), consecutive-level overlap "
+                                   "(seed 000 Prop. 2) and suggestions.")
+    c.add_argument("--kind", default="geometric", choices=SCHEDULES, help="the ladder's schedule")
+    c.add_argument("--num-levels", type=F.count, default=10, help="L, the number of noise levels")
+    c.add_argument("--sigma-1", type=F.number_or(["data"], SIGMA64), default="1.0",
+                   help="largest noise level: a number, or 'data' for the largest pairwise distance of --data")
+    c.add_argument("--sigma-L", type=SIGMA64, default=0.01,
+                   help=f"smallest noise level, >= {SIGMA_MIN:g} (its square must be a normal float64)")
+    c.add_argument("--data", type=F.dataset, default="digits", help="dataset whose dimension D is used (digits: D=784)")
+    c.add_argument("--root", type=F.existing_dir,
+                   help="directory of the torchvision dataset files (default: none; for --sigma-1 data)")
+    c.add_argument("--steps-per-level", type=F.count, default=100, help="T for the step-size suggestion")
+    c.add_argument("--max-points", type=F.count, default=5000, help="images used for --sigma-1 data")
     c.set_defaults(func=_cmd_schedule)
 
     f = sub.add_parser("fid", help="FID of many samples of a checkpoint (sharded, resumable, torchrun)",
                        description="Sample --n images in seeded shards (resumable; one rank per GPU under torchrun), "
                                    "then the FID against reference statistics (fastncsn fid-stats).")
-    f.add_argument("--checkpoint", required=True, help="checkpoint of the model to score")
-    f.add_argument("--ref", required=True, help="reference statistics file (fastncsn fid-stats)")
-    f.add_argument("--n", "--num-samples", dest="n", type=int, default=50000,
-                   help="number of samples (default 50000, as the papers); under torchrun write --num-samples "
+    f.add_argument("--checkpoint", type=F.existing_file,
+                   help="checkpoint of the model to score (default: the bundled digits model)")
+    f.add_argument("--ref", type=F.existing_file, required=True, help="reference statistics file (fastncsn fid-stats)")
+    f.add_argument("--n", "--num-samples", dest="n", type=F.integer(2), default=50000,
+                   help="number of samples, >= 2 (as the papers: 50000); under torchrun write --num-samples "
                         "(torchrun's own parser rejects --n as an ambiguous abbreviation)")
-    f.add_argument("--out", help="folder of the shards and fid.json (default: beside the checkpoint)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--batch-size", type=int, help="sampler batch (default: a whole shard)")
-    f.add_argument("--shard-size", type=int, default=1000, help="samples per shard, the unit of resumption")
+    f.add_argument("--out", type=F.output_dir, help="folder of the shards and fid.json (default: "
+                   "CHECKPOINT-NAME_fid_nN_seedS in the working directory)")
+    f.add_argument("--seed", type=F.seed, default=0, help="seed of the run (shard k: a seed derived from it and k)")
+    f.add_argument("--batch-size", type=F.count, help="sampler batch (default: a whole shard)")
+    f.add_argument("--shard-size", type=F.count, default=1000, help="samples per shard, the unit of resumption")
     f.add_argument("--extractor", default="digits", choices=["digits", "inception"],
-                   help="feature extractor (default digits: the shipped digits classifier, offline)")
-    f.add_argument("--inception-weights", help="torchvision Inception-v3 weights file (--extractor inception)")
-    f.add_argument("--device", help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+                   help="feature extractor (digits: the shipped digits classifier, offline)")
+    f.add_argument("--inception-weights", type=F.existing_file,
+                   help="torchvision Inception-v3 weights file (default: none; needed by --extractor inception)")
+    f.add_argument("--device", type=F.device, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
     f.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="CUDA-graph sampler (default: on CUDA devices)")
-    f.add_argument("--precision", choices=["fp32", "bf16"], help="network precision of the fast sampler")
-    f.add_argument("--steps-per-level", type=int, help="T (default: the model's)")
-    f.add_argument("--eps", type=float, help="step size (default: the model's)")
+    f.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="network precision of the fast sampler (default: bf16 where supported; the reference "
+                        "sampler is fp32)")
+    f.add_argument("--steps-per-level", type=F.count, help="T (default: the model's)")
+    f.add_argument("--eps", type=F.positive, help="step size (default: the model's)")
     f.add_argument("--save-samples", action="store_true", help="also keep each shard's samples (uint8)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fid)
@@ -496,14 +514,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("fid-stats", help="reference feature statistics of a dataset or an .npz of images",
                        description="Feature statistics (mean, covariance) of reference images for fastncsn fid.")
     src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="digits | mnist | cifar10 | folder:PATH (training split)")
-    src.add_argument("--npz", help=".npz of images ([N, C, H, W] or [N, H, W, C], uint8 or floats in [0, 1])")
-    r.add_argument("--root", help="directory of the torchvision dataset files")
-    r.add_argument("--out", required=True, help="statistics file to write")
-    r.add_argument("--extractor", default="digits", choices=["digits", "inception"])
-    r.add_argument("--inception-weights", help="torchvision Inception-v3 weights file (--extractor inception)")
-    r.add_argument("--batch-size", type=int, default=256)
-    r.add_argument("--device")
+    src.add_argument("--data", type=F.dataset, help="digits | mnist | cifar10 | folder:PATH (training split)")
+    src.add_argument("--npz", type=F.input_file(".npz"),
+                     help=".npz of images ([N, C, H, W] or [N, H, W, C], uint8 or floats in [0, 1])")
+    r.add_argument("--root", type=F.existing_dir, help="directory of the torchvision dataset files (default: none; "
+                   "needed by mnist, cifar10)")
+    r.add_argument("--out", type=F.output_file("any"), required=True, help="statistics file to write")
+    r.add_argument("--extractor", default="digits", choices=["digits", "inception"], help="feature extractor")
+    r.add_argument("--inception-weights", type=F.existing_file,
+                   help="torchvision Inception-v3 weights file (default: none; needed by --extractor inception)")
+    r.add_argument("--batch-size", type=F.count, default=256, help="images per extractor call")
+    r.add_argument("--device", type=F.device, help="cpu, cuda or cuda:N (default: cpu)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_fid_stats)
 
     from .experiments.cli import add_experiment_parser
@@ -512,16 +534,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``fastncsn`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status (2: a one-line error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except FlagError:                   # the one line is printed
+        return 2
     from .checkpoint import CheckpointError
     try:
         rc = args.func(args)
+    except FlagError:                   # an experiment's own parser refused its options
+        return 2
     except (CLIError, CheckpointError, ValueError, TypeError, FileNotFoundError, OSError, FloatingPointError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        name, sep, rest = msg.partition(":")
-        if sep and isinstance(exc, (ValueError, TypeError)) and name in _ARG_FLAGS:
-            msg = _ARG_FLAGS[name] + ":" + rest       # name the flag, not the Python argument
+        if not isinstance(exc, CLIError):
+            msg = flag_message(args.command, msg, args)     # name the flag, not the Python argument
         print(f"fastncsn {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

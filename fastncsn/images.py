@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 if TYPE_CHECKING:  # torch is imported on first use: `fastncsn --help` stays fast
     import torch
 
-__all__ = ["make_grid", "to_pil", "save_grid", "save_strip", "save_gif", "ensure_parent"]
+__all__ = ["make_grid", "grid_size", "max_picture_pixels", "to_pil", "save_grid", "save_strip", "save_gif",
+           "ensure_parent"]
 
 
 def ensure_parent(path: str) -> None:
@@ -28,13 +29,27 @@ def ensure_parent(path: str) -> None:
         raise FileNotFoundError(f"output: directory {parent!r} does not exist")
 
 
+def grid_size(n: int, h: int, w: int, nrow: Optional[int] = None, padding: int = 2, scale: int = 1) -> tuple:
+    """``(height, width)`` in pixels of :func:`make_grid` of ``n`` images ``h`` x ``w``, ``nrow`` per row
+    (default: about a square), upscaled ``scale`` times (:func:`to_pil`)."""
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    return scale * (rows * (h + padding) + padding), scale * (nrow * (w + padding) + padding)
+
+
+def max_picture_pixels() -> int:
+    """The most pixels a picture written here may have: PIL's ``Image.MAX_IMAGE_PIXELS`` (reading a larger
+    file back, PIL warns of a decompression bomb; at twice that it refuses)."""
+    from PIL import Image
+    return int(Image.MAX_IMAGE_PIXELS)
+
+
 def make_grid(x: torch.Tensor, nrow: Optional[int] = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
     """Tile ``x`` [N, C, H, W] (values in [0, 1]) into one [C, H', W'] image, ``nrow`` images per row."""
     import torch
     n, c, h, w = x.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / nrow)
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    grid = torch.full((c, *grid_size(n, h, w, nrow, padding)), pad_value)
     for i in range(n):
         r, col = divmod(i, nrow)
         top, left = padding + r * (h + padding), padding + col * (w + padding)

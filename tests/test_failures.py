@@ -71,20 +71,20 @@ def test_graph_sampler_level_count_and_model_levels(tiny):
 
 def test_reference_sampler_names_first_nonfinite_level():
     x = torch.rand(2, 3)
-    with pytest.raises(SamplingDivergedError, match=r"level 2 of 3") as e:
+    with pytest.raises(SamplingDivergedError, match=r"level 1 \(levels 0\.\.2, largest sigma first\)") as e:
         annealed_langevin(_nan_score, x, [1.0, 0.5, 0.1], steps_per_level=2, seed=0)
-    assert isinstance(e.value, FloatingPointError) and e.value.level == 2
-    with pytest.raises(SamplingDivergedError, match=r"level 1 of 2"):
+    assert isinstance(e.value, FloatingPointError) and e.value.level == 1      # the level index, 0..L-1
+    with pytest.raises(SamplingDivergedError, match=r"level 0 \(levels 0\.\.1,"):
         annealed_langevin(_lin_score, x, [1.0, 0.5], eps=1e6, step_convention="paper", steps_per_level=2,
                           seed=0, step_fn=lambda x, s, a, z, **k: x * 1e300 * 1e300)
-    with pytest.raises(SamplingDivergedError, match=r"level 2 of 3"):
+    with pytest.raises(SamplingDivergedError, match=r"level 1 \(levels 0\.\.2, largest sigma first\)"):
         hmc_annealed(_nan_score, x, [1.0, 0.5, 0.1], steps_per_level=1, seed=0)
     assert torch.isfinite(annealed_langevin(_lin_score, x, [1.0, 0.5], steps_per_level=2, seed=0)).all()
 
 
 def test_graph_sampler_flags_first_nonfinite_level_once():
     gs = GraphSampler(_nan_score, 2, sigmas=[1.0, 0.5, 0.1], data_shape=(3,), steps_per_level=2, use_graphs=False)
-    with pytest.raises(SamplingDivergedError, match=r"level 2 of 3"):
+    with pytest.raises(SamplingDivergedError, match=r"level 1 \(levels 0\.\.2, largest sigma first\)"):
         gs.sample(3, seed=0)   # two chunks; the flag survives them
     ok = GraphSampler(_lin_score, 2, sigmas=[1.0, 0.5, 0.1], data_shape=(3,), steps_per_level=2, use_graphs=False)
     assert torch.isfinite(ok.sample(3, seed=0)).all()
@@ -200,7 +200,7 @@ def test_cli_divergence_is_an_error_naming_eps(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "s.png"
     err = _cli_error(["sample", "--checkpoint", tiny_ckpt, "--n", "2", "--steps-per-level", "1", "--eps", "1e36",
                       "--step-convention", "paper", "--quiet", "--out", str(out)], capsys, "--eps")
-    assert "non-finite" in err and "level 1 of 3" in err
+    assert "non-finite" in err and "level 0 (levels 0..2, largest sigma first)" in err
     assert not out.exists()
 
 
@@ -225,24 +225,24 @@ def test_cli_schedule_bad_values(flags, flag, capsys):
 
 def test_cli_schedule_one_level_prints_sigma_1(capsys):
     assert main(["schedule", "--kind", "sigmoid", "--num-levels", "1", "--sigma-1", "50"]) == 0
-    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] == ["1"]][0]
+    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] == ["0"]][0]   # level 0
     assert float(row.split()[1]) == 50.0
 
 
 def test_cli_corrupt_folder_image_is_one_line(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"garbage")
-    err = _cli_error(["schedule", "--data", f"folder:{tmp_path}", "--sigma-1", "data"], capsys, "root")
+    err = _cli_error(["schedule", "--data", f"folder:{tmp_path}", "--sigma-1", "data"], capsys, "--data")
     assert "b.png" in err
 
 
 def test_cli_inpaint_divergence_is_one_line(tiny_ckpt, tmp_path, capsys, monkeypatch):
     def diverge(*a, **k):
-        raise SamplingDivergedError(2, 3)
+        raise SamplingDivergedError(1, 3)
     monkeypatch.setattr(sampling_api, "sample", diverge)
     out = tmp_path / "i.png"
     err = _cli_error(["inpaint", "--checkpoint", tiny_ckpt, "--out", str(out), "--quiet"], capsys, "sampling diverged")
-    assert "level 2 of 3" in err and not out.exists()
+    assert "level 1 (levels 0..2, largest sigma first)" in err and not out.exists()
 
 
 def test_cli_exploding_but_finite_samples_are_divergence(tmp_path, capsys):
@@ -251,7 +251,7 @@ def test_cli_exploding_but_finite_samples_are_divergence(tmp_path, capsys):
     out = tmp_path / "s.png"
     err = _cli_error(["sample", "--n", "2", "--steps-per-level", "2", "--eps", "1e6", "--quiet",
                       "--out", str(out)], capsys, "--eps")
-    assert "diverged" in err and "beyond" in err and "level 1 of 10" in err
+    assert "diverged" in err and "beyond" in err and "level 0 (levels 0..9, largest sigma first)" in err
     assert not out.exists()
 
 

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -204,13 +205,13 @@ def test_cli_fid_runs_and_resumes(files, full_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--n", "0"], "--n: expected an int >= 1"),
+    (["--n", "0"], "--n/--num-samples: expected an int >= 2, got '0'"),
+    (["--n", "1"], "--n/--num-samples: expected an int >= 2, got '1'"),
     (["--shard-size", "-1"], "--shard-size: expected an int >= 1"),
-    (["--checkpoint", "missing.pt"], "--checkpoint: no such file"),
-    (["--ref", "missing_stats.pt"], "--ref: no such statistics file"),
+    (["--checkpoint", "missing.pt"], "--checkpoint: expected an existing file, got 'missing.pt' (no such file)"),
+    (["--ref", "missing_stats.pt"], "--ref: expected an existing file, got 'missing_stats.pt' (no such file)"),
     (["--extractor", "inception", "--inception-weights", "nope.pth"],
-     "--inception-weights: weights_path 'nope.pth' does not exist or is not a file. InceptionFeatures expects "
-     "the torchvision Inception-v3 ImageNet weights file 'inception_v3_google-0cc3c7bd.pth'"),
+     "--inception-weights: expected an existing file, got 'nope.pth' (no such file)"),
     (["--extractor", "inception"], "--inception-weights: weights_path must be a path to a local file"),
 ])
 def test_cli_fid_errors_exit_2_before_sampling(files, tmp_path, capsys, extra, message):
@@ -232,7 +233,7 @@ def test_cli_fid_wrong_extractor_stats_and_bad_ref(files, tmp_path, capsys):
                  str(tmp_path / "x")]) == 2
     assert "holds 'inception' features; this run uses extractor 'digits'" in capsys.readouterr().err
     assert main(["fid-stats", "--npz", str(tmp_path / "none.npz"), "--out", str(tmp_path / "s.pt")]) == 2
-    assert "--npz: no such file" in capsys.readouterr().err
+    assert "--npz: expected an existing .npz file" in capsys.readouterr().err
     assert main(["fid-stats", "--data", "digits", "--extractor", "inception", "--out", str(tmp_path / "s.pt")]) == 2
     assert "--inception-weights: weights_path must be a path to a local file" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()
@@ -256,3 +257,115 @@ def test_every_fid_flag_passes_through_torchrun():
     for flag in flags:
         args = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "fastncsn", "fid", flag, "1"])
         assert args.training_script_args == ["fid", flag, "1"], flag
+
+
+# ----------------------------------------------------------------------------- checked before any shard (issue 24)
+
+def _no_sampling(monkeypatch):
+    import fastncsn.metrics.fid_run as fid_run
+    monkeypatch.setattr(fid_run, "sample", lambda *a, **k: pytest.fail("a shard was sampled before the check"))
+
+
+def test_nan_or_wrong_dimension_ref_is_refused_before_any_shard(files, tmp_path, monkeypatch, capsys):
+    stats, ident = load_stats(files["ref"])
+    stats._mean = stats._mean.clone()
+    stats._mean[3] = float("nan")
+    save_stats(stats, tmp_path / "nan.pt", ident)
+    other = fastncsn.metrics.FeatureStats().update(torch.randn(20, 32, generator=torch.Generator().manual_seed(0)))
+    save_stats(other, tmp_path / "dim32.pt", ident)              # claims the digits extractor, holds 32-d features
+    _no_sampling(monkeypatch)
+    with pytest.raises(FIDRunError, match="NaN or inf statistics"):
+        fid_of_checkpoint(files["ckpt"], tmp_path / "nan.pt", out_dir=tmp_path / "a", **RUN)
+    with pytest.raises(FIDRunError, match="32-d features .* gives 64-d"):
+        fid_of_checkpoint(files["ckpt"], tmp_path / "dim32.pt", out_dir=tmp_path / "b", **RUN)
+    for ref, what in (("nan.pt", "NaN or inf"), ("dim32.pt", "32-d")):
+        assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(tmp_path / ref), "--n", "4",
+                     "--out", str(tmp_path / "c"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastncsn fid: error: --ref: ") and what in err and len(err.splitlines()) == 1
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
+    with pytest.raises(ValueError, match="n: expected an int >= 2"):        # one sample has no covariance
+        fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=tmp_path / "d", n=1, shard_size=1, progress=False)
+    with pytest.raises(TypeError, match="seed"):                            # 1.5 is not truncated to 1
+        fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=tmp_path / "d", n=2, seed=1.5, progress=False)
+
+
+def test_fid_defaults_bundled_checkpoint_and_out_in_the_working_directory(files, tmp_path, monkeypatch, capsys):
+    import fastncsn.metrics.fid_run as fid_run
+    from fastncsn.checkpoint import BUNDLED_PATH
+    seen = {}
+    monkeypatch.setattr(fid_run, "fid_of_checkpoint", lambda ck, ref, **kw: seen.update(kw, checkpoint=ck) or None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["fid", "--ref", files["ref"], "--n", "100", "--seed", "2"]) == 0
+    want = tmp_path / "digits_ncsn_fid_n100_seed2"
+    assert seen["checkpoint"] == BUNDLED_PATH and seen["out_dir"] == str(want)
+    assert str(want) in capsys.readouterr().err                             # the folder is said
+    assert fid_run.default_out_dir(BUNDLED_PATH, 100, 2) == want            # never beside the packaged model
+    assert not str(want).startswith(os.path.dirname(BUNDLED_PATH))
+
+
+class _Bar:
+    """Records what fid_of_checkpoint does with its progress bar."""
+
+    def __init__(self, total, initial):
+        self.total, self.n, self.updates, self.postfix = total, initial, [], []
+
+    def update(self, k=1):
+        self.n += k
+        self.updates.append(k)
+
+    def set_postfix_str(self, s):
+        self.postfix.append(s)
+
+    def close(self):
+        pass
+
+
+def test_fid_progress_advances_within_a_shard(files, tmp_path, monkeypatch):
+    """The bar counts noise levels, so a CPU shard of minutes moves it level by level (issue 25)."""
+    import fastncsn.metrics.fid_run as fid_run
+    bars = []
+    monkeypatch.setattr(fid_run, "_progress", lambda on, total, initial, levels: bars.append(
+        _Bar(total * levels, initial * levels)) or bars[-1] if on else None)
+    fid_of_checkpoint(files["ckpt"], files["ref"], out_dir=tmp_path / "p", **dict(RUN, progress=True))
+    bar = bars[0]
+    assert bar.total == 3 * 2 and bar.n == bar.total                        # 3 shards x 2 levels
+    assert bar.updates.count(1) == 6                                        # one step per level of every shard
+    assert bar.postfix == ["shard 1 of 3", "shard 2 of 3", "shard 3 of 3"]
+
+
+@pytest.mark.parametrize("how, code, name", [("sigterm", 143, "SIGTERM"), ("sigint", 130, "SIGINT")])
+def test_fid_interrupted_says_how_to_resume(files, full_run, tmp_path, monkeypatch, capsys, how, code, name):
+    import fastncsn.metrics.fid_run as fid_run
+    real, calls = fid_run.sample, []
+
+    def interrupt_second_shard(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)          # the command's handler raises out of this
+            raise KeyboardInterrupt     # SIGINT, as Python delivers it
+        return real(*a, **k)
+
+    monkeypatch.setattr(fid_run, "sample", interrupt_second_shard)
+    out = tmp_path / "cut"
+    args = ["fid", "--checkpoint", files["ckpt"], "--ref", files["ref"], "--n", str(N), "--shard-size", str(SHARD),
+            "--seed", "3", "--out", str(out), "--quiet"]
+    old = signal.getsignal(signal.SIGTERM)
+    assert main(args) == code
+    assert signal.getsignal(signal.SIGTERM) is old                          # the handler is put back
+    err = capsys.readouterr().err
+    assert err.strip() == (f"fastncsn: fid interrupted by {name} with 1 of 3 shards saved in {out}; "
+                           "rerun the same command to resume")
+    monkeypatch.setattr(fid_run, "sample", real)
+    assert main(args) == 0                                                  # the rerun resumes and finishes
+    assert json.loads((out / "fid.json").read_text())["fid"] == full_run[0]["fid"]
+
+
+def test_fid_stats_progress_and_quiet(tmp_path, capsys):
+    assert main(["fid-stats", "--data", "digits", "--out", str(tmp_path / "a.pt")]) == 0
+    err = capsys.readouterr().err
+    assert "fid-stats" in err and "1797/1797" in err                         # a bar over the images
+    assert main(["fid-stats", "--data", "digits", "--out", str(tmp_path / "b.pt"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -92,3 +92,19 @@ def test_registry_has_models():
     assert {"CondRefineNetDilated", "NCSNv2"} <= set(MODEL_REGISTRY)
     with pytest.raises(ValueError, match="model class"):
         get_model_class("ResNet50")
+
+
+@pytest.mark.parametrize("cls", [CondRefineNetDilated, NCSNv2])
+def test_input_of_another_dtype_is_a_value_error_naming_x(cls):
+    """float16 / float64 inputs failed inside the network (a conv's dtype error); the contract: ``x`` in the
+    parameters' dtype (or any float under autocast), else a ValueError naming ``x`` (issue 24)."""
+    torch.manual_seed(0)
+    model = cls(image_size=32, channels=3, ngf=4, num_levels=2).eval()
+    x, idx = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    for dtype in (torch.float16, torch.float64, torch.bfloat16):
+        with pytest.raises(ValueError, match=rf"^x: expected torch.float32 .*got {dtype}"):
+            model(x.to(dtype), idx)
+    with torch.no_grad():
+        assert model.double()(x.double(), idx).dtype == torch.float64     # a float64 network takes float64
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.isfinite(model.float()(x.bfloat16(), idx)).all()

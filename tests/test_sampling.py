@@ -188,3 +188,26 @@ def test_sampler_settings_resolve_order_and_errors():
             SamplerSettings.resolve(**bad)
     with pytest.raises(TypeError, match="unknown"):
         SamplerSettings.resolve(step_lr=1e-5)
+
+
+def test_seed_must_be_an_int_in_range():
+    """``seed=1.5`` was silently truncated to 1 (issue 24): a TypeError naming seed on every path; out of
+    [0, 2**63) a ValueError."""
+    import fastncsn
+    from fastncsn.models.refinenet import CondRefineNetDilated
+    from fastncsn.sampling import GraphSampler
+    from fastncsn.training import train
+    x = torch.rand(2, 3)
+    model = CondRefineNetDilated(28, 1, ngf=4, num_levels=2)
+    calls = [lambda s: annealed_langevin(_lin_score, x, [1.0, 0.5], steps_per_level=1, seed=s),
+             lambda s: fastncsn.sample(model, n=1, steps_per_level=1, seed=s, progress=False),
+             lambda s: GraphSampler(_lin_score, 1, sigmas=[1.0, 0.5], data_shape=(3,), steps_per_level=1,
+                                    use_graphs=False).sample(1, seed=s),
+             lambda s: train(data="digits", steps=1, batch_size=2, ngf=4, num_levels=2, seed=s, progress=False)]
+    for call in calls:
+        for bad in (1.5, True, "3"):
+            with pytest.raises(TypeError, match=r"^seed: expected an int in \[0, 2\*\*63\)"):
+                call(bad)
+        for bad in (-1, 2 ** 63):
+            with pytest.raises(ValueError, match=r"^seed: expected an int in \[0, 2\*\*63\)"):
+                call(bad)

@@ -202,7 +202,7 @@ def test_unwritable_out_dir_or_log_is_refused_before_training(tmp_path, capsys):
     with pytest.raises(ValueError, match="out_dir: expected a writable directory"):
         train(steps=2, out_dir=str(tmp_path / "file" / "run"), **TINY)
     assert main(CLI_TINY + ["--out", str(tmp_path / "file" / "run"), "--steps", "2"]) == 2
-    _one_line_error(capsys, "--out: expected a writable directory")
+    _one_line_error(capsys, "--out: expected a folder that exists or can be created")
     (tmp_path / "run" / "train_log.jsonl").mkdir(parents=True)  # a log that cannot be opened for writing
     with pytest.raises(ValueError, match="out_dir: .*train_log.jsonl"):
         train(steps=2, out_dir=str(tmp_path / "run"), **TINY)

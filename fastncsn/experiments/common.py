@@ -12,22 +12,30 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import CPU_DIGITS_RECIPE, QUICK_RECIPE
+from .. import flags
+from ..flags import FlagError, Parser
 
 QUICK_NOTE = ("**`--quick` run: a tiny model trained for a few steps and a handful of samples -- a CI smoke "
               "test. The numbers below are meaningless.**")
 
-_RECIPE_ARGS = (  # (dest, type, help)
-    ("steps", int, "training steps per model"),
-    ("ngf", int, "width of CondRefineNetDilated"),
-    ("batch_size", int, "training batch size"),
-    ("lr", float, "Adam learning rate"),
-    ("ema_rate", float, "EMA rate of the weights (0 = raw weights; default: the recipe's)"),
-    ("sample_n", int, "number of samples per model"),
-    ("sample_batch", int, "samples drawn at once"),
-    ("steps_per_level", int, "Langevin steps per noise level (T)"),
-    ("eps", float, "Langevin step size (in --step-convention)"),
-    ("seed", int, "training and sampling seed"),
+_RECIPE_ARGS = (  # (dest, checked type, help); every default: the recipe's
+    ("steps", flags.count, "training steps per model"),
+    ("ngf", flags.count, "width of CondRefineNetDilated"),
+    ("batch_size", flags.count, "training batch size"),
+    ("lr", flags.positive, "Adam learning rate"),
+    ("ema_rate", flags.rate, "EMA rate of the weights (0 = raw weights)"),
+    ("sample_n", flags.count, "number of samples per model"),
+    ("sample_batch", flags.count, "samples drawn at once"),
+    ("steps_per_level", flags.count, "Langevin steps per noise level (T)"),
+    ("eps", flags.positive, "Langevin step size (in --step-convention)"),
+    ("seed", flags.seed, "training and sampling seed"),
 )
+
+
+def experiment_parser(name: str, doc: str) -> Parser:
+    """The parser of ``fastncsn experiment NAME`` (one-line errors, defaults in ``--help``), described by the
+    first line of the module's docstring ``doc``."""
+    return Parser(prog=f"fastncsn experiment {name}", description=doc.split("\n")[0])
 
 
 class ExperimentError(ValueError):
@@ -36,21 +44,22 @@ class ExperimentError(ValueError):
 
 def add_common_arguments(p: argparse.ArgumentParser, training: bool = True) -> None:
     """``--out-dir``, ``--quick``, ``--threads``, ``--quiet`` and (``training``) the recipe overrides."""
-    p.add_argument("--out-dir", help="where the .md, .csv and .png files go (default docs/results; with "
-                   "--quick: quick-results)")
+    p.add_argument("--out-dir", type=flags.output_dir, help="where the .md, .csv and .png files go (default "
+                   "docs/results; with --quick: quick-results)")
     p.add_argument("--quick", action="store_true", help="CI smoke-test preset (seconds; meaningless numbers)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=flags.threads, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if training:
         g = p.add_argument_group("recipe (defaults: fastncsn.experiments.CPU_DIGITS_RECIPE, or QUICK_RECIPE "
                                  "with --quick)")
         for dest, typ, hlp in _RECIPE_ARGS:
-            g.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, help=hlp)
-        g.add_argument("--step-convention", choices=["paper", "reference", "snr"])
+            g.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, help=hlp + " (default: the recipe's)")
+        g.add_argument("--step-convention", choices=["paper", "reference", "snr"],
+                       help="meaning of --eps (default: the recipe's)")
         g.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
-                       help="final denoising step")
-        p.add_argument("--runs-dir", help="where the trained models are kept and reused (default runs/experiments; "
-                       "with --quick: <out-dir>/runs)")
+                       help="final denoising step (default: the recipe's)")
+        p.add_argument("--runs-dir", type=flags.output_dir, help="where the trained models are kept and reused "
+                       "(default runs/experiments; with --quick: <out-dir>/runs)")
 
 
 def resolve_dirs(a: argparse.Namespace) -> None:
@@ -236,23 +245,31 @@ def pyplot():
 
 def run_main(name: str, parser: argparse.ArgumentParser, execute: Callable[[argparse.Namespace, str], object],
              argv: Optional[Sequence[str]]) -> int:
-    """Parse ``argv``, apply ``--threads``, run ``execute(args, command)``; expected failures -> one line, 2."""
+    """Parse ``argv`` (a bad flag: one line, 2), apply ``--threads``, run ``execute(args, command)``; expected
+    failures -> one line naming the flag, 2."""
     from ..checkpoint import CheckpointError
-    a = parser.parse_args(argv)
+    try:
+        a = parser.parse_args(argv)
+    except FlagError:
+        return 2
     resolve_dirs(a)
-    if getattr(a, "threads", 0):
+    if getattr(a, "threads", None):
         torch.set_num_threads(a.threads)
     try:
         execute(a, command_line(name, argv))
     except (ExperimentError, CheckpointError, ValueError, FileNotFoundError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"fastncsn experiment {name}: error: {msg}", file=sys.stderr)
+        print(f"{parser.prog}: error: {flag_message(parser, msg)}", file=sys.stderr)
         return 2
     return 0
 
 
-def parse_list(text: str, typ=str) -> list:
-    try:
-        return [typ(t.strip()) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ExperimentError(f"expected a comma-separated list of {typ.__name__}, got {text!r}") from None
+def flag_message(parser: argparse.ArgumentParser, msg: str) -> str:
+    """``msg`` of a library error that starts with a Python argument (``sigma_1: ...``) with the parser's
+    flag of that name instead (``--sigma-1: ...``), when it has one."""
+    name, sep, rest = msg.partition(":")
+    flag = "--" + name.replace("_", "-")
+    if sep and flag in parser._option_string_actions:
+        return flag + ":" + rest
+    return msg
+

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import common
+from .. import flags
 
 NAME = "initial_noise"
 #: seed 000 section 7: classes whose 95% interval contains 10%, MNIST
@@ -135,21 +136,25 @@ def _plot(hists: dict, path: str) -> None:
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
-def build_parser(prog: str = "fastncsn experiment initial-noise") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--sigma-1s", default="1,30", help="comma-separated largest noise levels (default 1,30)")
-    p.add_argument("--num-levels", type=int, help="L (default 200; with --quick 20)")
-    p.add_argument("--sigma-L", type=float, default=0.01)
-    p.add_argument("--schedule", default="geometric")
-    p.add_argument("--init", default="gaussian", help="gaussian (N(0, sigma_1^2)) or uniform (U[0, 1))")
-    p.add_argument("--classifier", help="digits classifier weights (default: the shipped one)")
+def build_parser() -> argparse.ArgumentParser:
+    from ..schedules import SCHEDULES
+    p = common.experiment_parser("initial-noise", __doc__)
+    p.add_argument("--sigma-1s", type=flags.listing(flags.noise_level, "noise levels"), default="1,30",
+                   help="comma-separated largest noise levels (level 0), one model each")
+    p.add_argument("--num-levels", type=flags.integer(2), help="L (default 200; with --quick 20)")
+    p.add_argument("--sigma-L", type=flags.noise_level, default=0.01, help="smallest noise level (level L-1)")
+    p.add_argument("--schedule", default="geometric", choices=SCHEDULES, help="the noise ladder")
+    p.add_argument("--init", default="gaussian", choices=["gaussian", "uniform"],
+                   help="starting points: gaussian N(0, sigma_1^2) or uniform U[0, 1)")
+    p.add_argument("--classifier", type=flags.existing_file,
+                   help="digits classifier weights (default: the shipped one)")
     common.add_common_arguments(p)
     return p
 
 
 def _execute(a: argparse.Namespace, command: str) -> tuple:
     L = a.num_levels if a.num_levels is not None else (20 if a.quick else 200)
-    rows, summary = run(common.parse_list(a.sigma_1s, float), L, a.sigma_L, a.schedule,
+    rows, summary = run(a.sigma_1s, L, a.sigma_L, a.schedule,
                         recipe=common.recipe_overrides(a), out_dir=a.out_dir, quick=a.quick, classifier=a.classifier,
                         init=a.init, progress=not a.quiet, command=command, runs_dir=a.runs_dir)
     print(common.markdown_table(summary, SUMMARY_COLUMNS))

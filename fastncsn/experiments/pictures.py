@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import common
+from .. import flags
 
 NAME = "pictures"
 COLUMNS = ("sample", "predicted_class", "nn_indices", "nn_labels", "nn_distances", "nn1_over_train_median")
@@ -93,7 +94,8 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
     body = (f"Samples of {name} ({type(model).__name__}, ngf {model.config.get('ngf')}, L = {snaps.shape[0]}): "
             f"n = {n}, seed {seed}, T = {T} per level, eps = {settings.eps:g} "
             f"({settings.step_convention} convention).\n\n![samples]({NAME}.png)\n\n"
-            f"## Annealing (seed 003 Figure 4)\n\nEach row: one sample at the end of noise levels 1..{snaps.shape[0]}, "
+            f"## Annealing (seed 003 Figure 4)\n\nEach row: one sample at the end of noise levels "
+            f"0..{snaps.shape[0] - 1}, "
             f"then after the final step.\n\n![annealing]({NAME}_annealing.png)\n\n"
             f"Animation: [{NAME}_annealing.gif]({NAME}_annealing.gif)\n\n"
             f"## Nearest training neighbours (seed 003 appendix C.2)\n\nEach row: a sample, then its {k} nearest "
@@ -107,15 +109,16 @@ def run(checkpoint: Optional[str] = None, n: int = 64, steps_per_level: Optional
     return rows
 
 
-def build_parser(prog: str = "fastncsn experiment pictures") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="model checkpoint (default: the bundled digits model)")
-    p.add_argument("--n", type=int, help="number of samples (default 64; with --quick 8)")
-    p.add_argument("--steps-per-level", type=int, help="T (default: the model's; with --quick 1)")
-    p.add_argument("--eps", type=float, help="step size (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-queries", type=int, default=8, help="samples whose neighbours are shown (default 8)")
-    p.add_argument("--k", type=int, default=5, help="neighbours per sample (default 5)")
+def build_parser() -> argparse.ArgumentParser:
+    p = common.experiment_parser("pictures", __doc__)
+    p.add_argument("--checkpoint", type=flags.existing_file,
+                   help="model checkpoint (default: the bundled digits model)")
+    p.add_argument("--n", type=flags.count, help="number of samples (default 64; with --quick 8)")
+    p.add_argument("--steps-per-level", type=flags.count, help="T (default: the model's; with --quick 1)")
+    p.add_argument("--eps", type=flags.positive, help="step size (default: the model's)")
+    p.add_argument("--seed", type=flags.seed, default=0, help="seed of the samples")
+    p.add_argument("--num-queries", type=flags.count, default=8, help="samples whose neighbours are shown")
+    p.add_argument("--k", type=flags.count, default=5, help="neighbours per sample")
     common.add_common_arguments(p, training=False)
     return p
 

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import common
+from .. import flags
 from ..schedules import SCHEDULES
 
 NAME = "schedules_study"
@@ -129,19 +130,21 @@ def _plot(rows: list, floor: float, path: str) -> None:
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
-def build_parser(prog: str = "fastncsn experiment schedules-study") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--schedules", default=",".join(SCHEDULES), help="comma-separated (default: all five)")
-    p.add_argument("--num-levels", type=int, default=10)
-    p.add_argument("--sigma-1", type=float, default=1.0)
-    p.add_argument("--sigma-L", type=float, default=0.01)
-    p.add_argument("--classifier", help="digits classifier weights for the FID (default: the shipped one)")
+def build_parser() -> argparse.ArgumentParser:
+    p = common.experiment_parser("schedules-study", __doc__)
+    p.add_argument("--schedules", type=flags.listing(None, "schedules", SCHEDULES), default=",".join(SCHEDULES),
+                   help="comma-separated schedules (default: all five)")
+    p.add_argument("--num-levels", type=flags.integer(2), default=10, help="L, noise levels per model")
+    p.add_argument("--sigma-1", type=flags.noise_level, default=1.0, help="largest noise level (level 0)")
+    p.add_argument("--sigma-L", type=flags.noise_level, default=0.01, help="smallest noise level (level L-1)")
+    p.add_argument("--classifier", type=flags.existing_file,
+                   help="digits classifier weights for the FID (default: the shipped one)")
     common.add_common_arguments(p)
     return p
 
 
 def _execute(a: argparse.Namespace, command: str) -> list:
-    rows = run(common.parse_list(a.schedules), a.num_levels, a.sigma_1, a.sigma_L,
+    rows = run(a.schedules, a.num_levels, a.sigma_1, a.sigma_L,
                recipe=common.recipe_overrides(a), out_dir=a.out_dir,
                quick=a.quick, classifier=a.classifier, progress=not a.quiet, command=command,
                runs_dir=a.runs_dir)

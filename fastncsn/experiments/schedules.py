@@ -5,7 +5,9 @@ from sigma_1 to sigma_L, rescaled to those endpoints) this writes the ladder
 and the overlap probabilities P_i of seed 000 Proposition 2 for data dimension
 D as a Markdown table and a CSV, and plots both (log scale) to a PNG.
 
-Run: ``python -m fastncsn.experiments.schedules [--levels 10] [--sigma-1 1] [--sigma-L 0.01] [--dim 784]
+Levels are numbered ``i = 0..L-1``, largest sigma first (the networks' level index).
+
+Run: ``fastncsn experiment schedules [--levels 10] [--sigma-1 1] [--sigma-L 0.01] [--dim 784]
 [--out-dir docs/results]``
 """
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .. import flags
+from ..flags import FlagError, Parser
 from ..schedules import SCHEDULES, get_sigmas, overlap_probabilities
 
 
@@ -35,7 +39,7 @@ def to_markdown(lad: dict, dim: int) -> str:
         for k, v in lad.items():
             p = "" if i == 0 else f" / {overl[k][i - 1].item():.3g}"
             cells.append(f"{v[i].item():.4g}{p}")
-        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -46,7 +50,7 @@ def write_csv(lad: dict, dim: int, path: str) -> None:
         for k, v in lad.items():
             for i, s in enumerate(v.tolist()):
                 p = "" if i == 0 else f"{overl[k][i - 1].item():.6g}"
-                f.write(f"{k},{i + 1},{s:.8g},{p}\n")
+                f.write(f"{k},{i},{s:.8g},{p}\n")
 
 
 def plot(lad: dict, dim: int, path: str) -> None:
@@ -55,37 +59,43 @@ def plot(lad: dict, dim: int, path: str) -> None:
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for k, v in lad.items():
-        idx = range(1, len(v) + 1)
+        idx = range(len(v))
         a.plot(idx, v.numpy(), marker="o", label=k)
-        b.plot(range(2, len(v) + 1), overlap_probabilities(v, dim).clamp_min(1e-300).numpy(), marker="o", label=k)
+        b.plot(range(1, len(v)), overlap_probabilities(v, dim).clamp_min(1e-300).numpy(), marker="o", label=k)
     a.set_yscale("log"); a.set_xlabel("level i"); a.set_ylabel("sigma_i"); a.set_title("noise schedules")
     b.set_yscale("log"); b.set_ylim(top=2.0); b.set_xlabel("level i"); b.set_ylabel("P_i"); b.set_title(f"overlap with level i-1, D={dim}")
     a.legend(); fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="fastncsn experiment schedules", description=__doc__.split("\n")[0])
+    p.add_argument("--levels", type=flags.integer(2), default=10, help="L, the number of levels")
+    p.add_argument("--sigma-1", type=flags.noise_level, default=1.0, help="largest noise level (level 0)")
+    p.add_argument("--sigma-L", type=flags.noise_level, default=0.01, help="smallest noise level (level L-1)")
+    p.add_argument("--dim", type=flags.count, default=784, help="data dimension D (784: 28x28 digits)")
+    p.add_argument("--out-dir", type=flags.output_dir,
+                   help="write schedules.md, schedules.csv and schedules.png here (default: only printed)")
+    return p
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastncsn.experiments.schedules", description=__doc__.split("\n")[0])
-    p.add_argument("--levels", type=int, default=10)
-    p.add_argument("--sigma-1", type=float, default=1.0)
-    p.add_argument("--sigma-L", type=float, default=0.01)
-    p.add_argument("--dim", type=int, default=784, help="data dimension D (784: 28x28 digits)")
-    p.add_argument("--out-dir", help="write schedules.md, schedules.csv and schedules.png here")
-    a = p.parse_args(argv)
+    p = build_parser()
     try:
-        if a.levels < 2:
-            raise ValueError(f"--levels: expected L >= 2, got {a.levels}")
-        if a.dim < 1:
-            raise ValueError(f"--dim: expected >= 1, got {a.dim}")
-        lad = ladders(a.levels, a.sigma_1, a.sigma_L)
-    except ValueError as exc:
-        print(f"schedules: error: {exc}", file=sys.stderr)
+        a = p.parse_args(argv)
+        flags.check_above(a.sigma_1, "--sigma-1", a.sigma_L, "--sigma-L")
+    except FlagError:
         return 2
+    except ValueError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    lad = ladders(a.levels, a.sigma_1, a.sigma_L)
     table = to_markdown(lad, a.dim)
-    print(f"L={a.levels}, sigma {a.sigma_1:g} -> {a.sigma_L:g} (rescaled ladders), D={a.dim}; cell: sigma_i / P_i")
+    print(f"L={a.levels}, sigma {a.sigma_1:g} -> {a.sigma_L:g} (rescaled ladders), D={a.dim}; cell: sigma_i / P_i; "
+          f"levels i = 0..{a.levels - 1}")
     print(table)
     if a.out_dir:
         os.makedirs(a.out_dir, exist_ok=True)
-        cmd = "python -m fastncsn.experiments.schedules " + " ".join(argv if argv is not None else sys.argv[1:])
+        cmd = "fastncsn experiment schedules " + " ".join(argv if argv is not None else sys.argv[1:])
         with open(os.path.join(a.out_dir, "schedules.md"), "w") as f:
             f.write(f"# Noise schedules and overlap (seed 000 Figure 1, Proposition 2)\n\nGenerated by `{cmd.strip()}`."
                     f"\n\nL = {a.levels}, sigma {a.sigma_1:g} -> {a.sigma_L:g}, D = {a.dim}. Cell: sigma_i / overlap "

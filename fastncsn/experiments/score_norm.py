@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import common
+from .. import flags
 
 NAME = "score_norm"
 COLUMNS = ("level", "sigma", "norm_data", "norm_data_std", "norm_uniform", "norm_uniform_std", "sqrt_d_over_sigma",
@@ -73,7 +74,7 @@ def run(checkpoint: Optional[str] = None, n: int = 500, seed: int = 0, out_dir: 
     rows = []
     for i, s in enumerate(sig):
         nd, nu = score_norms(model, x, i, z), score_norms(model, u, i, None)
-        rows.append(dict(level=i + 1, sigma=float(s), norm_data=float(nd.mean()), norm_data_std=float(nd.std()),
+        rows.append(dict(level=i, sigma=float(s), norm_data=float(nd.mean()), norm_data_std=float(nd.std()),
                          norm_uniform=float(nu.mean()), norm_uniform_std=float(nu.std()),
                          sqrt_d_over_sigma=math.sqrt(D) / s, sigma_norm_data_over_sqrt_d=s * nd.mean() / math.sqrt(D)))
     fits = {k: fit_slope(sig, np.array([r[k] for r in rows])) for k in ("norm_data", "norm_uniform")}
@@ -109,11 +110,12 @@ def _plot(rows: list, fits: dict, D: int, path: str) -> None:
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
-def build_parser(prog: str = "fastncsn experiment score-norm") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="model checkpoint (default: the bundled digits model)")
-    p.add_argument("--n", type=int, help="inputs per level (default 500; with --quick 8)")
-    p.add_argument("--seed", type=int, default=0)
+def build_parser() -> argparse.ArgumentParser:
+    p = common.experiment_parser("score-norm", __doc__)
+    p.add_argument("--checkpoint", type=flags.existing_file,
+                   help="model checkpoint (default: the bundled digits model)")
+    p.add_argument("--n", type=flags.count, help="inputs per level (default 500; with --quick 8)")
+    p.add_argument("--seed", type=flags.seed, default=0, help="seed of the inputs and their noise")
     common.add_common_arguments(p, training=False)
     return p
 

@@ -41,14 +41,14 @@ import torch
 
 from ..checkpoint import atomic_save, atomic_write_text
 from ..sampling import SamplerSettings, resolve_model, sample, shard_seed
-from ..sampling.core import check_count
+from ..sampling.core import check_count, check_seed
 from ..sampling.distributed import init_from_env
 from .extractors import DIGITS_CLASSIFIER_PATH, InceptionFeatures, shipped_digits_classifier
-from .fid import FeatureStats, compute_feature_stats, frechet_distance
+from .fid import FeatureStats, compute_feature_stats, frechet_distance, image_batches
 
 __all__ = ["EXTRACTORS", "STATS_FORMAT", "FIDRunError", "make_extractor", "reference_stats", "save_stats",
            "load_stats", "load_npz_images", "fid_of_checkpoint", "image_features", "shard_path", "num_shards",
-           "file_sha256"]
+           "file_sha256", "default_out_dir", "finished_shards"]
 
 EXTRACTORS = ("digits", "inception")
 STATS_FORMAT = "fastncsn-fid-stats/1"
@@ -134,7 +134,8 @@ def load_npz_images(path: Union[str, Path]) -> torch.Tensor:
 
 def reference_stats(images, extractor: str = "digits", out: Union[str, Path, None] = None,
                     root: Optional[str] = None, inception_weights: Union[str, Path, None] = None,
-                    batch_size: int = 256, device: Union[str, torch.device, None] = None) -> FeatureStats:
+                    batch_size: int = 256, device: Union[str, torch.device, None] = None,
+                    progress: bool = False) -> FeatureStats:
     """Feature statistics of a reference image set, optionally saved to ``out``.
 
     Args:
@@ -147,6 +148,7 @@ def reference_stats(images, extractor: str = "digits", out: Union[str, Path, Non
         root: directory of the torchvision dataset files (dataset names only).
         inception_weights, device: as :func:`make_extractor`.
         batch_size: images per extractor call.
+        progress: a tqdm bar over the images.
 
     Returns:
         The :class:`FeatureStats` (``n`` = number of images).
@@ -162,10 +164,23 @@ def reference_stats(images, extractor: str = "digits", out: Union[str, Path, Non
             from ..data import get_dataset
             images = DataLoader(get_dataset(str(images), root=root, train=True, random_flip=False),
                                 batch_size=batch_size, shuffle=False)
+    if progress:
+        images = _image_progress(images, batch_size)
     stats = compute_feature_stats(images, fn, batch_size)
     if out is not None:
         save_stats(stats, out, identity, source=source)
     return stats
+
+
+def _image_progress(images, batch_size: int):
+    """The batches of ``images`` (:func:`~fastncsn.metrics.fid.image_batches`) through a tqdm bar over images."""
+    from tqdm.auto import tqdm
+    total = images.shape[0] if isinstance(images, torch.Tensor) else \
+        len(images.dataset) if hasattr(images, "dataset") else None
+    with tqdm(total=total, desc="fid-stats", unit="image") as bar:
+        for batch in image_batches(images, batch_size):
+            yield batch
+            bar.update(batch.shape[0])
 
 
 def save_stats(stats: FeatureStats, path: Union[str, Path], extractor: dict, **meta) -> None:
@@ -201,6 +216,17 @@ def num_shards(n: int, shard_size: int) -> int:
 def shard_path(out_dir: Union[str, Path], k: int) -> Path:
     """The file of shard ``k``."""
     return Path(out_dir) / f"shard_{k:05d}.pt"
+
+
+def default_out_dir(checkpoint: Union[str, Path], n: int, seed: int) -> Path:
+    """The default folder of a run: ``<checkpoint stem>_fid_n<n>_seed<seed>`` in the working directory (never
+    beside the checkpoint, which may be inside the installed package)."""
+    return Path.cwd() / f"{Path(checkpoint).stem}_fid_n{n}_seed{seed}"
+
+
+def finished_shards(out_dir: Union[str, Path], total: int) -> int:
+    """How many of the ``total`` shard files exist in ``out_dir`` (each is written atomically: complete)."""
+    return sum(shard_path(out_dir, k).is_file() for k in range(total))
 
 
 def _json_roundtrip(obj):
@@ -254,11 +280,27 @@ def _default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _progress(enabled: bool, total: int, initial: int):
+def _progress(enabled: bool, total: int, initial: int, levels: int):
+    """The run's bar over noise levels (``levels`` per shard: every chunk's levels), starting at the finished
+    shards; its postfix says which shard is drawn."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc="fid shards", unit="shard")
+    return tqdm(total=total * levels, initial=initial * levels, desc="fid", unit="level")
+
+
+def _check_ref(ref: FeatureStats, ref_stats, dim: int) -> None:
+    """The reference statistics fit this run's extractor (dimension ``dim``) and are finite, before any sampling."""
+    if ref.n < 2:
+        raise FIDRunError(f"ref: {str(ref_stats)!r} holds statistics of {ref.n} image(s); a covariance needs >= 2")
+    mean, cov = ref.mean(), ref.cov()
+    if ref.dim != dim or tuple(mean.shape) != (dim,) or tuple(cov.shape) != (dim, dim):
+        raise FIDRunError(f"ref: {str(ref_stats)!r} holds statistics of {ref.dim}-d features (mean "
+                          f"{list(mean.shape)}, covariance {list(cov.shape)}); this run's extractor gives {dim}-d "
+                          "features (make the statistics with the same --extractor)")
+    if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(cov).all())):
+        raise FIDRunError(f"ref: {str(ref_stats)!r} holds NaN or inf statistics; make them again with fastncsn "
+                          "fid-stats")
 
 
 @torch.no_grad()
@@ -277,9 +319,9 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
         checkpoint: the model's checkpoint file (:func:`fastncsn.load`).
         ref_stats: statistics file of the reference set (:func:`save_stats`, ``fastncsn fid-stats``),
             computed with the same extractor.
-        n: number of samples (the papers: 50,000).
+        n: number of samples, >= 2 (a covariance needs two; the papers: 50,000).
         out_dir: folder of the shards, ``fingerprint.json`` and ``fid.json`` (default:
-            ``<checkpoint stem>_fid_n<n>_seed<seed>`` beside the checkpoint).
+            :func:`default_out_dir`, ``<checkpoint stem>_fid_n<n>_seed<seed>`` in the working directory).
         seed: the run's seed; shard ``k`` is drawn with ``shard_seed(seed, k)``.
         batch_size: sampler chunk size (default: a whole shard at once).
         shard_size: samples per shard, the unit of work and of resumption.
@@ -291,7 +333,8 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
         steps_per_level, eps: sampler overrides (default: the checkpoint's sampling defaults).
         save_samples: also store each shard's samples (uint8) in its file.
         extract_batch_size: images per feature-extractor call.
-        progress: tqdm bar over all shards, with ETA, on rank 0.
+        progress: on rank 0, a tqdm bar over the noise levels of all shards (the reference sampler advances
+            it level by level, the CUDA-graph sampler shard by shard), with ETA.
         on_shard: called with ``k`` after shard ``k`` was drawn and saved (not for skipped shards).
         group: ``torch.distributed`` process group (default: the world; joined from torchrun's
             environment when none exists yet).
@@ -301,13 +344,12 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
         ``extractor``, ``seed``, ...); ``None`` on other ranks.
     """
     import torch.distributed as dist
-    check_count(n, "n")
+    check_count(n, "n", minimum=2)
     check_count(shard_size, "shard_size")
     check_count(extract_batch_size, "extract_batch_size")
     if batch_size is not None:
         check_count(batch_size, "batch_size")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+    check_seed(seed)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(checkpoint)!r}")
@@ -327,12 +369,12 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
     if identity != ref_extractor:
         raise FIDRunError(f"ref: {str(ref_stats)!r} was made with extractor {ref_extractor}, this run has "
                           f"{identity}; make the statistics with the same extractor file")
+    _check_ref(ref, ref_stats, identity["dim"])
     model = resolve_model(str(checkpoint)).to(device)
     settings = SamplerSettings.resolve(model, steps_per_level=steps_per_level, eps=eps)
     executor = {"fast": bool(fast), "precision": precision or ("auto" if fast else "fp32")}
     fp = _fingerprint(checkpoint, settings, executor, n, seed, shard_size, batch_size, identity)
-    out_dir = Path(out_dir) if out_dir is not None else \
-        checkpoint.parent / f"{checkpoint.stem}_fid_n{n}_seed{seed}"
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint, n, seed)
     _check_folder(out_dir, fp)  # every rank, before anything is written: all raise alike
     if rank == 0 and not (out_dir / FINGERPRINT_FILE).is_file():
         atomic_write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n", str(out_dir / FINGERPRINT_FILE))
@@ -345,27 +387,33 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
     dim = identity["dim"]
     mine = [k for k in range(rank, total, world)
             if _load_shard(shard_path(out_dir, k), fp, k, sizes[k], dim) is None]
-    bar = _progress(progress and rank == 0, total, sum(shard_path(out_dir, j).is_file() for j in range(total)))
-    for k in mine:
-        x = sample(model, sizes[k], seed=shard_seed(seed, k), device=device, fast=fast, precision=precision,
-                   batch_size=batch_size, steps_per_level=settings.steps_per_level, eps=settings.eps,
-                   progress=False)
-        feats = image_features(x, fn, extract_batch_size)
-        blob = {"format": SHARD_FORMAT, "index": k, "seed": shard_seed(seed, k), "fingerprint": fp,
-                "features": feats}
-        if save_samples:
-            blob["samples"] = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        atomic_save(blob, str(shard_path(out_dir, k)))
-        if on_shard is not None:
-            on_shard(k)
+    levels = int(torch.as_tensor(model.sigmas).numel())
+    per_shard = levels * -(-shard_size // (batch_size or shard_size))   # the reference sampler's levels per shard
+    bar = _progress(progress and rank == 0, total, finished_shards(out_dir, total), per_shard)
+    try:  # the bar is closed however the run ends (an interruption's message then starts a line)
+        for k in mine:
+            if bar is not None:
+                bar.set_postfix_str(f"shard {k + 1} of {total}")
+            x = sample(model, sizes[k], seed=shard_seed(seed, k), device=device, fast=fast, precision=precision,
+                       batch_size=batch_size, steps_per_level=settings.steps_per_level, eps=settings.eps,
+                       progress=bar if bar is not None else False)
+            feats = image_features(x, fn, extract_batch_size)
+            blob = {"format": SHARD_FORMAT, "index": k, "seed": shard_seed(seed, k), "fingerprint": fp,
+                    "features": feats}
+            if save_samples:
+                blob["samples"] = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            atomic_save(blob, str(shard_path(out_dir, k)))
+            if on_shard is not None:
+                on_shard(k)
+            if bar is not None:   # every finished shard (other ranks' too), whatever the sampler advanced
+                bar.update(finished_shards(out_dir, total) * per_shard - bar.n)
+        if distributed:
+            dist.barrier(group)
         if bar is not None:
-            done = sum(shard_path(out_dir, j).is_file() for j in range(total))
-            bar.update(done - bar.n)
-    if distributed:
-        dist.barrier(group)
-    if bar is not None:
-        bar.update(total - bar.n)
-        bar.close()
+            bar.update(bar.total - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
     if rank != 0:
         return None
 

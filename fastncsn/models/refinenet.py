@@ -76,6 +76,10 @@ class RefineNetTrunk(nn.Module):
         if not isinstance(level_index, torch.Tensor) or level_index.shape != (x.shape[0],) \
                 or level_index.dtype != torch.long:
             raise ValueError(f"level_index: expected an int64 tensor of shape [{x.shape[0]}]")
+        want = self.begin_conv.weight.dtype
+        if x.dtype != want and not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+            raise ValueError(f"x: expected {want} (the network's parameter dtype), got {x.dtype}; cast the input "
+                             f"(x.to({want})) or the network (model.to({x.dtype}))")
 
     def trunk(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = x if (self.logit_transform or self.rescaled) else 2 * x - 1.0

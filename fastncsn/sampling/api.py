@@ -18,7 +18,7 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
            step_convention: Optional[str] = None, seed: Optional[int] = 0,
            generator: Optional[torch.Generator] = None, device=None, init: Optional[str] = None,
            denoise: Optional[bool] = None, mask: Optional[torch.Tensor] = None, known: Optional[torch.Tensor] = None,
-           progress: bool = True, backend: Optional[str] = None, snapshot_every: int = 0,
+           progress=True, backend: Optional[str] = None, snapshot_every: int = 0,
            batch_size: Optional[int] = None, clamp: Optional[tuple] = None, fast: Optional[bool] = None,
            precision: Optional[str] = None):
     """Draw ``n`` samples from a score model with annealed Langevin dynamics (NCSN paper, Algorithm 1).
@@ -40,7 +40,8 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
         device: where to sample (default: the model's device).
         mask, known: inpainting -- ``mask`` 1 at known pixels, ``known`` the
             image(s) there (broadcastable to ``[n, *data_shape]``).
-        progress: progress bar over the noise levels (reference path).
+        progress: progress bar over the noise levels (reference path); a bar the caller owns (anything
+            with ``update``) is advanced by one per level of every chunk instead.
         backend: fused-op backend of the model's norms for this call ("auto" |
             "triton" | "cuda" | "torch"); ``None`` keeps the model's own setting.
             The model is left as it was (the backend is not saved state).

@@ -41,7 +41,7 @@ from ..schedules import validate_sigmas
 
 __all__ = [
     "NCSN_SAMPLING", "STEP_CONVENTIONS", "INITS", "SamplerSettings", "step_sizes", "make_generator", "randn",
-    "init_samples", "check_batch", "check_mask", "check_count", "check_clamp", "check_eps", "Snapshots",
+    "init_samples", "check_batch", "check_mask", "check_count", "check_clamp", "check_eps", "check_seed", "Snapshots",
     "chunks", "progress_bar", "resolve_model", "model_device", "eval_mode", "use_backend",
     "SamplingDivergedError", "check_finite", "check_finite_level", "check_model_levels", "check_backend",
 ]
@@ -64,6 +64,16 @@ def check_count(v, name: str, minimum: int = 1) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
     return v
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int in [0, 2**63): ``TypeError`` naming ``name`` for a non-int (``1.5`` is not truncated,
+    bools are refused), ``ValueError`` for one out of range."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name}: expected an int in [0, 2**63), got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed < 2 ** 63:
+        raise ValueError(f"{name}: expected an int in [0, 2**63), got {seed!r}")
+    return seed
 
 
 def check_eps(eps, name: str = "eps") -> float:
@@ -139,14 +149,16 @@ def escape_bound(x0: torch.Tensor, sigma_1: float) -> float:
 class SamplingDivergedError(FloatingPointError):
     """The samples became non-finite (NaN or inf), or blew up beyond :func:`escape_bound`, while sampling.
 
-    ``level`` is the 1-based noise level after which the first such value was seen
-    (``num_levels + 1``: the final denoising step), ``step`` the step when known (else ``None``).
-    Usual causes: a step size (``eps``) too large for the ladder, or a score model that returns NaN.
+    ``level`` is the index (``0..num_levels-1``, largest sigma first, as the networks' level index) of
+    the noise level after which the first such value was seen (``num_levels``: the final denoising
+    step), ``step`` the step when known (else ``None``).  Usual causes: a step size (``eps``) too
+    large for the ladder, or a score model that returns NaN.
     """
 
     def __init__(self, level: int, num_levels: int, step: Optional[int] = None, bound: Optional[float] = None):
         self.level, self.num_levels, self.step, self.bound = level, num_levels, step, bound
-        where = "the final denoising step" if level > num_levels else f"level {level} of {num_levels}"
+        where = "the final denoising step" if level >= num_levels else \
+            f"level {level} (levels 0..{num_levels - 1}, largest sigma first)"
         if step is not None:
             where += f", step {step}"
         what = "non-finite samples (NaN or inf)" + (f" or samples beyond +-{bound:.3g}" if bound else "")
@@ -164,8 +176,8 @@ def diverged(x: torch.Tensor, bound: Optional[float] = None) -> torch.Tensor:
 
 def check_finite_level(x: torch.Tensor, level: int, num_levels: int, step: Optional[int] = None,
                        bound: Optional[float] = None) -> None:
-    """Raise :class:`SamplingDivergedError` if ``x`` diverged (:func:`diverged`; one host sync: call once
-    per level)."""
+    """Raise :class:`SamplingDivergedError` if ``x`` diverged after level index ``level`` (0-based;
+    ``num_levels``: the final denoising step) (:func:`diverged`; one host sync: call once per level)."""
     if bool(diverged(x, bound)):
         raise SamplingDivergedError(level, num_levels, step, bound)
 
@@ -267,7 +279,7 @@ def make_generator(seed: Optional[int], generator: Optional[torch.Generator], de
     if seed is None:
         return None
     g = torch.Generator(device=torch.device(device))
-    g.manual_seed(int(seed))
+    g.manual_seed(check_seed(seed))
     return g
 
 
@@ -335,12 +347,21 @@ def chunks(n: int, batch_size: Optional[int]) -> Iterator[tuple[int, int]]:
         yield start, min(bs, n - start)
 
 
-def progress_bar(iterable, enabled: bool, desc: str, unit: str = "level"):
-    """``iterable`` wrapped in a tqdm bar when ``enabled``."""
+def progress_bar(iterable, enabled, desc: str, unit: str = "level"):
+    """``iterable`` wrapped in a tqdm bar when ``enabled`` is True; when ``enabled`` is a bar the caller owns
+    (anything with ``update``, e.g. ``fastncsn fid``'s bar over all shards), it advances by one per item."""
+    if hasattr(enabled, "update"):
+        return _advancing(iterable, enabled)
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
     return tqdm(iterable, desc=desc, unit=unit)
+
+
+def _advancing(iterable, bar):
+    for item in iterable:
+        yield item
+        bar.update(1)
 
 
 # ---------------------------------------------------------------------------- models

@@ -53,8 +53,8 @@ from ..devices import resolve_graph_device
 from ..nn import fused_op_modules
 from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
-from .core import (SamplerSettings, SamplingDivergedError, check_count, check_mask, check_model_levels, chunks,
-                   diverged, escape_bound, eval_mode, init_samples, model_device, use_backend)
+from .core import (SamplerSettings, SamplingDivergedError, check_count, check_mask, check_model_levels, check_seed,
+                   chunks, diverged, escape_bound, eval_mode, init_samples, model_device, use_backend)
 from .network_format import LAYOUTS, WEIGHT_MODES, SamplerNetwork
 
 __all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "capture_graph", "PRECISIONS", "CAPTURE_MODES",
@@ -482,8 +482,7 @@ class GraphSampler:
         check_count(n, "n")
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (1,)))
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
-            raise ValueError(f"seed: expected an int in [0, 2**63) or None, got {seed!r}")
+        check_seed(seed)
         x0 = self._initial(n, seed, x0)
         inpaint = mask is not None or known is not None
         if inpaint:
@@ -513,7 +512,7 @@ class GraphSampler:
                     snaps[:, start:start + m].copy_(self.snaps[:self.num_snapshots, :m])
         bad = int(self.first_bad)   # the one host read of the divergence flag
         if bad >= 0:
-            raise SamplingDivergedError(bad + 1, self.num_levels, bound=self._escape)
+            raise SamplingDivergedError(bad, self.num_levels, bound=self._escape)
         return (out, snaps) if snaps is not None else out
 
 

@@ -65,7 +65,7 @@ def langevin(score_fn: ScoreFn, x: torch.Tensor, eps: float, steps: int,
     for _ in range(steps):
         x = step(x, score_fn(x, levels), a, draw(x), clamp=clamp)
         snaps(x)
-    check_finite_level(x, 1, 1, bound=bound)
+    check_finite_level(x, 0, 1, bound=bound)
     return (x, snaps.buf) if snapshot_every else x
 
 
@@ -140,12 +140,12 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _
             z = draw(x)
             x = step(x, score_fn(x, levels), alphas[i], z, mask=mask, known=known_i, clamp=clamp)
             snaps(x)
-        check_finite_level(x, i + 1, L, bound=bound)   # one host sync per level, not per step
+        check_finite_level(x, i, L, bound=bound)   # one host sync per level, not per step
     if denoise:
         x = x + sig[-1] ** 2 * score_fn(x, _levels(n, L - 1, x.device))
         if mask is not None:
             x = torch.where(mask, known, x)
-        check_finite_level(x, L + 1, L, bound=bound)
+        check_finite_level(x, L, L, bound=bound)
     return (x, snaps.buf) if snapshot_every else x
 
 
@@ -186,5 +186,5 @@ def hmc_annealed(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _EPS, 
                 x = x + h * p
                 s = score_fn(x, levels)
                 p = p + h / 2 * s
-        check_finite_level(x, i + 1, alphas.numel(), bound=bound)
+        check_finite_level(x, i, alphas.numel(), bound=bound)
     return x

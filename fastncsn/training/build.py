@@ -6,6 +6,7 @@ from a seeded generator and checkpoints its position.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class Batches:
         self.n = len(dataset)
         if self.n < 1:
             raise ValueError("data: the dataset is empty")
+        if batch_size > self.n:  # a batch would hold some images twice (and e.g. 1e6 digits need ~22 GB)
+            raise ValueError(f"batch_size: expected at most the dataset's {self.n} images, got {batch_size}")
         self.perm, self.pos = None, 0
         self._cache = dataset.tensors[0] if hasattr(dataset, "tensors") else None
 
@@ -72,14 +75,17 @@ class Run:
     step: int = 0
 
 
-def check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir, keep_last=None) -> None:
-    """ValueError naming the first bad one of ``train``'s plain arguments."""
+def check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir, keep_last=None, seed=0) -> None:
+    """ValueError (TypeError for a seed that is not an int) naming the first bad one of ``train``'s plain
+    arguments."""
+    from ..sampling.core import check_seed
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    if not lr > 0:
-        raise ValueError(f"lr: expected > 0, got {lr!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
+    check_seed(seed)
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every: expected an int >= 1, got {checkpoint_every!r}")
     if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):

@@ -97,6 +97,6 @@ class DivergenceGuard:
         bad = [i for i, v in enumerate(per_level) if i in drawn and not math.isfinite(v)]
         at = f"step {step}" + (f" (seen at step {latest}, loss {loss})" if latest is not None else f": loss {loss}")
         return FloatingPointError(
-            f"training diverged at {at}; non-finite per-level loss at levels {bad or 'unknown'} of "
-            f"{len(per_level)}; no checkpoint of non-finite weights was written -- the last finite checkpoint is "
-            "kept: resume from it with a lower lr (allow_changed_settings) or with gradient clipping")
+            f"training diverged at {at}; non-finite per-level loss at levels {bad or 'unknown'} (of levels "
+            f"0..{len(per_level) - 1}); no checkpoint of non-finite weights was written -- the last finite checkpoint "
+            "is kept: resume from it with a lower lr (allow_changed_settings) or with gradient clipping")

@@ -231,7 +231,7 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         ValueError: bad arguments, an unwritable ``out_dir``, a fresh start into another
             run's ``out_dir``, or changed settings on resume -- all before any step.
     """
-    check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir, keep_last)
+    check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir, keep_last, seed)
     if not isinstance(graph, bool):
         raise ValueError(f"graph: expected True or False, got {graph!r}")
     if out_dir is not None:
