@@ -13,7 +13,7 @@ import time
 from typing import Optional, Sequence
 
 from .devices import check_device
-from .images import ensure_parent, save_gif, save_grid, save_strip
+from .images import ensure_parent, save_gif, save_grid, save_points, save_strip
 from .ops import BACKENDS
 
 __all__ = ["main", "check_output"]
@@ -30,13 +30,14 @@ TENSOR_EXTENSIONS = (".pt", ".npz")
 
 
 def _save_tensor(x, path: str) -> None:
+    from .files import atomic_write
     ensure_parent(path)
     if path.endswith(".npz"):
         import numpy as np
-        np.savez_compressed(path, samples=x.cpu().numpy())
+        atomic_write(path, lambda f: np.savez_compressed(f, samples=x.cpu().numpy()), suffix=".npz")
     elif path.endswith(".pt"):
         import torch
-        torch.save(x.cpu(), path)
+        atomic_write(path, lambda f: torch.save(x.cpu(), f), suffix=".pt")
     else:
         raise CLIError(f"--save-tensor: expected a .pt or .npz path, got {path!r}")
 
@@ -79,7 +80,10 @@ def _device(device: Optional[str]):
 
 def _load_model(checkpoint: Optional[str], device):
     from . import checkpoint as ck
-    model = ck.load_bundled() if checkpoint is None else ck.load(checkpoint)
+    try:
+        model = ck.load_bundled() if checkpoint is None else ck.load(checkpoint)
+    except ck.CheckpointError as exc:
+        raise CLIError(ck.flag_message(exc, "--checkpoint")) from None
     return model.to(device)
 
 
@@ -103,6 +107,18 @@ def _cmd_sample(a) -> None:
     check_backend(a.backend, device, "--backend")
     model = _load_model(a.checkpoint, device)
     want_snaps = bool(a.strip or a.gif)
+    points = len(tuple(model.data_shape)) != 3   # a toy model: --out is a scatter plot of the samples
+    if points:
+        for flag, value in (("--strip", a.strip), ("--gif", a.gif)):
+            if value:
+                raise CLIError(f"{flag}: needs an image model; {a.checkpoint!r} samples points of shape "
+                               f"{tuple(model.data_shape)} (--out draws them as a scatter plot, --save-tensor "
+                               "keeps them)")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CLIError(f"--out: {a.checkpoint!r} samples points, drawn as a scatter plot with matplotlib, which "
+                           "is not installed (pip install matplotlib); or keep them with --save-tensor") from None
     # fastncsn.sample(fast=True) on a CPU quietly runs the graph sampler's steps eagerly (no speed-up), and
     # with fast=None a CPU means the fp32 reference sampler: ask for what cannot happen here -> one line
     fast = device.type == "cuda" if a.fast is None else a.fast
@@ -127,7 +143,9 @@ def _cmd_sample(a) -> None:
     x = x.clamp(0, 1) if x.dim() == 4 else x
     if x.dim() == 4:
         save_grid(x, a.out, scale=a.scale)
-        written.append(a.out)
+    else:
+        save_points(x, a.out)
+    written.append(a.out)
     if a.save_tensor:
         _save_tensor(raw, a.save_tensor)                        # the raw samples, not clamped
         written.append(a.save_tensor)
@@ -149,7 +167,7 @@ _ARG_FLAGS = {"fast": "--fast", "precision": "--precision", "compile": "--compil
               "keep_last": "--keep-last", "out_dir": "--out", "allow_changed_settings": "--allow-changed-settings",
               "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "checkpoint_every": "--checkpoint-every",
               "steps_per_level": "--steps-per-level", "eps": "--eps", "step_convention": "--step-convention",
-              "seed": "--seed", "device": "--device", "backend": "--backend", "n": "--n"}
+              "seed": "--seed", "device": "--device", "backend": "--backend", "n": "--n", "npz": "--npz"}
 
 
 def _cmd_train(a) -> int:
@@ -336,11 +354,15 @@ def _cmd_fid(a) -> None:
         raise CLIError(f"--ref: no such statistics file {a.ref!r} (make one with: fastncsn fid-stats --data ... "
                        "--out STATS)")
     _check_extractor(a)
-    result = fid_of_checkpoint(a.checkpoint, a.ref, n=a.n, out_dir=a.out, seed=a.seed, batch_size=a.batch_size,
-                               shard_size=a.shard_size, extractor=a.extractor, inception_weights=a.inception_weights,
-                               device=a.device, fast=a.fast, precision=a.precision,
-                               steps_per_level=a.steps_per_level, eps=a.eps, save_samples=a.save_samples,
-                               progress=not a.quiet)
+    from .checkpoint import CheckpointError, flag_message
+    try:
+        result = fid_of_checkpoint(a.checkpoint, a.ref, n=a.n, out_dir=a.out, seed=a.seed, batch_size=a.batch_size,
+                                   shard_size=a.shard_size, extractor=a.extractor,
+                                   inception_weights=a.inception_weights, device=a.device, fast=a.fast,
+                                   precision=a.precision, steps_per_level=a.steps_per_level, eps=a.eps,
+                                   save_samples=a.save_samples, progress=not a.quiet)
+    except CheckpointError as exc:  # (the model's checkpoint: the only one a FID run reads)
+        raise CLIError(flag_message(exc, "--checkpoint")) from None
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():  # joined from torchrun's environment by the run
         dist.destroy_process_group()

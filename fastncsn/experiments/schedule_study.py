@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import common
+from ..images import save_figure
 from ..schedules import SCHEDULES
 
 NAME = "schedules_study"
@@ -126,7 +127,7 @@ def _plot(rows: list, floor: float, path: str) -> None:
     b.set_ylabel("Inception FID"); b.set_title("seed 000 Figure 2 (MNIST)")
     for ax in (a, b):
         ax.tick_params(axis="x", labelrotation=30)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, path, dpi=110); plt.close(fig)
 
 
 def build_parser(prog: str = "fastncsn experiment schedules-study") -> argparse.ArgumentParser:
