@@ -152,7 +152,8 @@ def _reference_step(model, x0):
 
     def step():
         with torch.no_grad():
-            state["x"] = annealed_langevin(model, state["x"], sigmas, eps=EPS, steps_per_level=1,
+            # (level 1 of the model: a plain score function, as a model checks it is given all its levels)
+            state["x"] = annealed_langevin(lambda x, i: model(x, i), state["x"], sigmas, eps=EPS, steps_per_level=1,
                                            step_convention=CONVENTION, seed=0)
         torch.cuda.synchronize()
     return step

@@ -4,7 +4,11 @@ Our format is a dict (``format: "fastncsn/1"``) with the model class and
 config, the noise ladder, the weights, optionally the EMA weights, optimizer
 state, step, RNG states, sampling defaults and free-form metadata.  It is
 written atomically (temp file in the same directory, fsync, ``os.replace``), so
-an interrupted save never destroys the previous checkpoint.
+an interrupted save never destroys the previous checkpoint.  Every checkpoint is read
+without running code in it (``torch.load(weights_only=True)``, :mod:`fastncsn.files`): a
+file holding other Python objects than tensors, plain data and the numpy arrays of RNG
+states is refused (:class:`UnsafeCheckpointError`), as are malformed files and non-finite
+weights (:class:`CheckpointError`, naming the file).
 
 Reference formats that :func:`load` also reads:
 
@@ -22,16 +26,17 @@ from __future__ import annotations
 import io
 import os
 import random
-import tempfile
 import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "CheckpointError", "save", "load", "load_checkpoint", "atomic_save", "atomic_write",
-           "atomic_write_text", "load_bundled", "BUNDLED_PATH", "rng_state", "set_rng_state",
-           "convert_reference_state_dict", "load_state"]
+from .files import UnsafeFileError, atomic_write, atomic_write_text, safe_torch_load
+
+__all__ = ["FORMAT", "CheckpointError", "UnsafeCheckpointError", "save", "load", "load_checkpoint", "atomic_save",
+           "atomic_write", "atomic_write_text", "load_bundled", "BUNDLED_PATH", "rng_state", "set_rng_state",
+           "convert_reference_state_dict", "load_state", "non_finite", "check_finite_weights", "error_line"]
 
 FORMAT = "fastncsn/1"
 BUNDLED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_ncsn.pt")
@@ -44,42 +49,6 @@ class CheckpointError(ValueError):
 def atomic_save(obj, path: str) -> None:
     """``torch.save(obj, path)`` atomically: temp file in the same directory, fsync, rename."""
     atomic_write(path, lambda f: torch.save(obj, f), suffix=".pt")
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, like :func:`atomic_save`."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")), suffix=".txt")
-
-
-def atomic_write(path: str, write, suffix: str = "") -> None:
-    """Call ``write(binary_file)`` on a temp file in ``path``'s directory, fsync, rename it to ``path``.
-
-    A reader (or a rerun after a kill at any moment) sees the old file or the complete new one, never
-    a partial file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def rng_state(data_generator: Optional[torch.Generator] = None) -> dict:
@@ -111,13 +80,18 @@ def save(model, path: str, optimizer=None, step: Optional[int] = None, ema=None,
         optimizer: optional; its ``state_dict()`` is stored.
         step: training step.
         ema: an EMA state dict (name -> tensor) or an object with ``state_dict()``.
-        extra: free-form metadata (e.g. the command that trained the model).
+        extra: free-form metadata (e.g. the command that trained the model): plain data only
+            (dicts, lists, strings, numbers, tensors; TypeError naming the entry otherwise), as
+            checkpoints are read without running code.
         rng: RNG states (:func:`rng_state`).
         half: store floating weights in float16 (for shipping small files).
     """
     if not hasattr(model, "config") or not hasattr(model, "sigmas"):
         raise TypeError("model: expected a fastncsn score model with `config` and `sigmas`")
     model = getattr(model, "module", model)  # unwrap DDP
+    _check_plain(dict(extra or {}), "extra")
+    _check_plain(dict(model.config), "model.config")
+    _check_plain(dict(getattr(model, "sampling_defaults", None) or {}), "model.sampling_defaults")
 
     def pack(sd):
         sd = {k: v.detach().cpu() for k, v in sd.items()}
@@ -140,6 +114,37 @@ def save(model, path: str, optimizer=None, step: Optional[int] = None, ema=None,
     atomic_save(obj, path)
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds Python objects whose unpickling could run code: refused, nothing of it ran."""
+
+
+def error_line(exc: Exception, flag: str) -> str:
+    """The first line of ``exc`` (a :class:`CheckpointError`: ``"path: ..."``) with the command's ``flag``
+    in place of ``path``: ``"--checkpoint: ..."``."""
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return flag + msg[len("path"):] if msg.startswith("path:") else f"{flag}: {msg}"
+
+
+#: what a checkpoint may keep besides dicts, lists and tuples of these (what torch.load(weights_only=True) reads)
+PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype, torch.device,
+               torch.Size)
+
+
+def _check_plain(obj, where: str) -> None:
+    """TypeError naming ``where`` unless ``obj`` is plain data (so the saved file loads without running code)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, f"{where} key {k!r}")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(obj, PLAIN_TYPES):
+        raise TypeError(f"{where}: expected plain data (dicts, lists, strings, numbers, tensors), got "
+                        f"{type(obj).__module__}.{type(obj).__qualname__}; checkpoints are read without running "
+                        "code, so other objects could not be loaded back")
+
+
 def _torch_load(path: str):
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -147,32 +152,77 @@ def _torch_load(path: str):
     try:
         with open(path, "rb") as f:
             data = f.read()
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        return safe_torch_load(io.BytesIO(data), path)
+    except UnsafeFileError as exc:
+        raise UnsafeCheckpointError(str(exc)) from None
     except Exception as exc:  # truncated zip, pickle errors, ...
         raise CheckpointError(f"path: {path!r} is not a readable checkpoint (corrupt or truncated?): "
                               f"{type(exc).__name__}: {exc}") from None
 
 
+def _is_state_dict(sd) -> bool:
+    return isinstance(sd, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items())
+
+
+#: our format's entries: (key, required, check, what it must be)
+_ENTRIES = (("model_class", True, lambda v: isinstance(v, str), "a class name"),
+            ("config", True, lambda v: isinstance(v, dict), "a dict"),
+            ("state_dict", True, _is_state_dict, "a dict of name -> tensor"),
+            ("ema_state_dict", False, lambda v: v is None or _is_state_dict(v), "None or a dict of name -> tensor"),
+            ("sigmas", False, lambda v: v is None or torch.is_tensor(v), "a tensor"),
+            ("optimizer", False, lambda v: v is None or isinstance(v, dict), "None or a dict"),
+            ("step", False, lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "None or an int"),
+            ("rng", False, lambda v: v is None or isinstance(v, dict), "None or a dict"),
+            ("sampling_defaults", False, lambda v: v is None or isinstance(v, dict), "None or a dict"),
+            ("extra", False, lambda v: v is None or isinstance(v, dict), "None or a dict"))
+
+
 def load_checkpoint(path: str) -> dict:
-    """Read and validate a checkpoint; returns our-format dict, or a dict with ``reference`` set."""
+    """Read and validate a checkpoint; returns our-format dict, or a dict with ``reference`` set.
+
+    The file is read without running code in it (:func:`fastncsn.files.safe_torch_load`): a file that
+    holds other Python objects raises :class:`UnsafeCheckpointError`; a missing, corrupt or malformed
+    one (an entry missing or of the wrong type) :class:`CheckpointError` naming the file."""
     path = os.fspath(path)
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        for key in ("model_class", "config", "state_dict"):
+        for key, required, ok, what in _ENTRIES:
             if key not in obj:
-                raise CheckpointError(f"path: {path!r} lacks {key!r}; the file is damaged")
+                if required:
+                    raise CheckpointError(f"path: {path!r} lacks {key!r}; the file is damaged")
+            elif not ok(obj[key]):
+                raise CheckpointError(f"path: {path!r} is damaged: its {key!r} is {type(obj[key]).__name__}, "
+                                      f"expected {what}")
         return obj
     if isinstance(obj, dict) and "format" in obj:
         raise CheckpointError(f"path: {path!r} has format {obj['format']!r}; this fastncsn reads {FORMAT!r}")
     if isinstance(obj, (list, tuple)) and obj and isinstance(obj[0], dict):
         sd = obj[0]
+        if not _is_state_dict(sd):
+            raise CheckpointError(f"path: {path!r} looks like a reference checkpoint but its first entry is not a "
+                                  "state dict (name -> tensor); the file is damaged")
         kind = "ncsnv2" if any(k.endswith("sigmas") for k in sd) else "ncsn"
-        ema = obj[4] if kind == "ncsnv2" and len(obj) >= 5 and isinstance(obj[4], dict) else None
+        ema = obj[4] if kind == "ncsnv2" and len(obj) >= 5 and _is_state_dict(obj[4]) else None
         return {"reference": kind, "state_dict": sd, "ema_state_dict": ema,
                 "optimizer": obj[1] if len(obj) > 1 else None,
                 "step": obj[3] if kind == "ncsnv2" and len(obj) > 3 else None}
     raise CheckpointError(f"path: {path!r} is neither a fastncsn checkpoint nor a reference NCSN/NCSNv2 "
                           "checkpoint ([model_state_dict, optimizer_state_dict, ...])")
+
+
+def non_finite(sd) -> list:
+    """Names of the floating tensors of state dict ``sd`` that hold NaN or inf."""
+    return [k for k, v in (sd or {}).items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite_weights(sd: dict, path: str) -> None:
+    """CheckpointError naming ``path`` when the weights ``sd`` hold NaN or inf."""
+    bad = non_finite(sd)
+    if bad:
+        raise CheckpointError(f"path: {path!r} holds non-finite weights (NaN or inf in {bad[0]}"
+                              f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): the file is damaged or its "
+                              "training diverged; use an earlier checkpoint")
 
 
 def convert_reference_state_dict(sd: dict) -> dict:
@@ -249,6 +299,7 @@ def load(path: str, map_location="cpu", ema: bool = True, **config):
         if ck["reference"] == "ncsnv2" and "sigmas" in sd and "sigmas" not in config:
             config["sigmas"] = sd["sigmas"].float().tolist()
         model = cls(**config)
+        check_finite_weights(sd, path)
         load_state(model, sd, path)
         return model.to(map_location).eval()
     cfg = dict(ck["config"])
@@ -261,6 +312,7 @@ def load(path: str, map_location="cpu", ema: bool = True, **config):
     cfg.update(config)
     model = get_model_class(ck["model_class"])(**cfg)
     sd = ck["ema_state_dict"] if ema and ck.get("ema_state_dict") else ck["state_dict"]
+    check_finite_weights(sd, path)
     load_state(model, sd, path)
     if ck.get("sampling_defaults"):
         model.sampling_defaults = dict(ck["sampling_defaults"])

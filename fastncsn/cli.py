@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from . import flags
 from .devices import check_device
 from .flags import FlagError, Parser
-from .images import grid_size, max_picture_pixels, save_gif, save_grid, save_strip
+from .images import grid_size, max_picture_pixels, save_gif, save_grid, save_points, save_strip
 from .ops import BACKENDS
 
 __all__ = ["main", "build_parser"]
@@ -39,12 +39,13 @@ class CLIError(Exception):
 
 def _save_tensor(x, path: str) -> None:
     """The raw samples as ``.npz`` (array ``samples``) or ``.pt`` (the flag's check allows only those)."""
+    from .files import atomic_write
     if path.endswith(".npz"):
         import numpy as np
-        np.savez_compressed(path, samples=x.cpu().numpy())
+        atomic_write(path, lambda f: np.savez_compressed(f, samples=x.cpu().numpy()), suffix=".npz")
     else:
         import torch
-        torch.save(x.cpu(), path)
+        atomic_write(path, lambda f: torch.save(x.cpu(), f), suffix=".pt")
 
 
 def _device(device: Optional[str]):
@@ -55,7 +56,10 @@ def _device(device: Optional[str]):
 
 def _load_model(checkpoint: Optional[str], device):
     from . import checkpoint as ck
-    model = ck.load_bundled() if checkpoint is None else ck.load(checkpoint)
+    try:
+        model = ck.load_bundled() if checkpoint is None else ck.load(checkpoint)
+    except ck.CheckpointError as exc:
+        raise CLIError(ck.error_line(exc, "--checkpoint")) from None
     return model.to(device)
 
 
@@ -85,6 +89,18 @@ def _cmd_sample(a) -> None:
     check_backend(a.backend, device, "--backend")
     model = _load_model(a.checkpoint, device)
     want_snaps = bool(a.strip or a.gif)
+    points = len(tuple(model.data_shape)) != 3   # a toy model: --out is a scatter plot of the samples
+    if points:
+        for flag, value in (("--strip", a.strip), ("--gif", a.gif)):
+            if value:
+                raise CLIError(f"{flag}: needs an image model; {a.checkpoint!r} samples points of shape "
+                               f"{tuple(model.data_shape)} (--out draws them as a scatter plot, --save-tensor "
+                               "keeps them)")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CLIError(f"--out: {a.checkpoint!r} samples points, drawn as a scatter plot with matplotlib, which "
+                           "is not installed (pip install matplotlib); or keep them with --save-tensor") from None
     # fastncsn.sample(fast=True) on a CPU quietly runs the graph sampler's steps eagerly (no speed-up), and
     # with fast=None a CPU means the fp32 reference sampler: ask for what cannot happen here -> one line
     fast = device.type == "cuda" if a.fast is None else a.fast
@@ -117,7 +133,9 @@ def _cmd_sample(a) -> None:
     x = x.clamp(0, 1) if x.dim() == 4 else x
     if x.dim() == 4:
         save_grid(x, a.out, scale=a.scale)
-        written.append(a.out)
+    else:
+        save_points(x, a.out)
+    written.append(a.out)
     if a.save_tensor:
         _save_tensor(raw, a.save_tensor)                        # the raw samples, not clamped
         written.append(a.save_tensor)

@@ -5,9 +5,12 @@
 * ``save_grid`` -- a PNG grid;
 * ``save_strip`` -- frames ``[F, K, C, H, W]`` (e.g. the end of every noise level) as a
   PNG with one row per image and one column per frame;
-* ``save_gif`` -- frames as an animated GIF, one grid per frame.
+* ``save_gif`` -- frames as an animated GIF, one grid per frame;
+* ``save_points`` -- samples ``[N, D]`` of a toy (non-image) model as a scatter plot;
+* ``save_image`` / ``save_figure`` -- a PIL image / a matplotlib figure.
 
-Every writer checks that the output's directory exists (``FileNotFoundError`` naming it).
+Every writer checks that the output's directory exists (``FileNotFoundError`` naming it) and
+writes atomically (:func:`fastncsn.files.atomic_write`): a failed write keeps the old file.
 """
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ import math
 import os
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
+from .files import atomic_write
+
 if TYPE_CHECKING:  # torch is imported on first use: `fastncsn --help` stays fast
     import torch
 
 __all__ = ["make_grid", "grid_size", "max_picture_pixels", "to_pil", "save_grid", "save_strip", "save_gif",
-           "ensure_parent"]
+           "save_points", "save_image", "save_figure", "ensure_parent"]
 
 
 def ensure_parent(path: str) -> None:
@@ -67,10 +72,27 @@ def to_pil(img: torch.Tensor, scale: int = 1):
     return im
 
 
+def save_image(im, path: str, **options) -> None:
+    """Write the PIL image ``im`` to ``path`` atomically, in the format of its extension (``options``: PIL's)."""
+    from PIL import Image
+    ensure_parent(path)
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise ValueError(f"output: {path!r} does not end in an image extension PIL writes (.png, .jpg, ...)")
+    atomic_write(path, lambda f: im.save(f, format=fmt, **options), suffix=ext)
+
+
+def save_figure(fig, path: str, **options) -> None:
+    """Write the matplotlib figure ``fig`` to ``path`` atomically (``options``: ``savefig``'s, e.g. ``dpi``)."""
+    ensure_parent(path)
+    ext = os.path.splitext(path)[1].lower()
+    atomic_write(path, lambda f: fig.savefig(f, format=ext.lstrip(".") or "png", **options), suffix=ext)
+
+
 def save_grid(x: torch.Tensor, path: str, nrow: Optional[int] = None, scale: int = 1) -> None:
     """Write ``x`` [N, C, H, W] as a PNG grid, ``nrow`` images per row."""
-    ensure_parent(path)
-    to_pil(make_grid(x.detach().float().cpu(), nrow), scale).save(path)
+    save_image(to_pil(make_grid(x.detach().float().cpu(), nrow), scale), path)
 
 
 def save_strip(frames: torch.Tensor, path: str, scale: int = 1) -> None:
@@ -82,6 +104,36 @@ def save_strip(frames: torch.Tensor, path: str, scale: int = 1) -> None:
 def save_gif(frames: Union[torch.Tensor, Sequence[torch.Tensor]], path: str, scale: int = 1,
              duration: int = 300) -> None:
     """Write an animated GIF, one grid of the batch ``frames[f]`` [K, C, H, W] per frame, ``duration`` ms each."""
-    ensure_parent(path)
     ims = [to_pil(make_grid(f.detach().float().cpu()), scale) for f in frames]
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=duration, loop=0)
+    save_image(ims[0], path, save_all=True, append_images=ims[1:], duration=duration, loop=0)
+
+
+def save_points(x: torch.Tensor, path: str, title: Optional[str] = None) -> None:
+    """Write samples ``x`` [N, D] of a toy (non-image) model as a picture: a scatter plot of the first
+    two coordinates (D >= 2) or a histogram (D = 1), in the image format of ``path``'s extension.
+    Needs matplotlib (ImportError otherwise)."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    ensure_parent(path)
+    pts = x.detach().double().cpu().reshape(x.shape[0], -1).numpy()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if pts.shape[1] == 1:
+        ax.hist(pts[:, 0], bins=max(10, min(100, pts.shape[0] // 20)))
+        ax.set_xlabel("x"), ax.set_ylabel("count")
+    else:
+        ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5, linewidths=0)
+        ax.set_xlabel("x1"), ax.set_ylabel("x2")
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title or f"{pts.shape[0]} samples" + (f" (first 2 of {pts.shape[1]} coordinates)"
+                                                        if pts.shape[1] > 2 else ""))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        save_image(im.convert("RGB"), path)

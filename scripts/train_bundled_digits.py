@@ -107,7 +107,8 @@ def score(path: str, n: int = SCORE_N, seed: int = SCORE_SEED) -> dict:
 
 def export(src: str, dst: str) -> dict:
     import fastncsn
-    ck = torch.load(src, map_location="cpu", weights_only=False)
+    from fastncsn.checkpoint import load_checkpoint
+    ck = load_checkpoint(src)                       # (read without running code, like every checkpoint)
     model = fastncsn.load(src)                      # the EMA weights
     model.sampling_defaults = dict(SAMPLING)
     extra = {

@@ -142,3 +142,38 @@ def test_corrupt_missing_and_foreign_files(tmp_path):
         fastncsn.load(tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="ngf: .*saved with ngf=4, got ngf=8"):  # before any weights are loaded
         fastncsn.load(tmp_path / "m.pt", ngf=8)
+
+
+# issue 24: malformed files and non-finite weights are named, not failed on later
+
+@pytest.mark.parametrize("key, value", [("config", None), ("state_dict", None), ("state_dict", {"w": 1.0}),
+                                        ("model_class", 3), ("ema_state_dict", [1]), ("sampling_defaults", "x"),
+                                        ("step", "4")])
+def test_malformed_entries_are_named(tmp_path, key, value):
+    fastncsn.save(CondRefineNetDilated(28, 1, ngf=4, num_levels=3), tmp_path / "m.pt")
+    ck = torch.load(tmp_path / "m.pt", weights_only=False)
+    ck[key] = value
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=rf"^path: '.*bad\.pt' is damaged: its '{key}' is "):
+        fastncsn.load(tmp_path / "bad.pt")
+
+
+def test_reference_checkpoint_without_a_state_dict_is_named(tmp_path):
+    torch.save([{"a": 1}, {}], tmp_path / "ref.pt")
+    with pytest.raises(CheckpointError, match=r"^path: '.*ref\.pt' looks like a reference checkpoint"):
+        fastncsn.load(tmp_path / "ref.pt", image_size=28, channels=1, ngf=4, num_levels=3)
+
+
+def test_non_finite_weights_are_named_on_load(tmp_path):
+    model = CondRefineNetDilated(28, 1, ngf=4, num_levels=3)
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    fastncsn.save(model, tmp_path / "nan.pt", ema=ema)
+    with pytest.raises(CheckpointError, match=r"^path: '.*nan\.pt' holds non-finite weights \(NaN or inf in "):
+        fastncsn.load(tmp_path / "nan.pt", ema=False)
+    assert fastncsn.load(tmp_path / "nan.pt") is not None   # (its EMA weights are finite)
+    ema[next(iter(ema))] = torch.full_like(ema[next(iter(ema))], float("inf"))
+    fastncsn.save(model, tmp_path / "inf.pt", ema=ema)
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        fastncsn.load(tmp_path / "inf.pt")

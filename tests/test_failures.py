@@ -277,3 +277,47 @@ def test_cli_sample_errors_name_the_flag(tiny_ckpt, tmp_path, capsys, no_samplin
     CLI error names the flag, before any sampling."""
     _cli_error(["sample", "--checkpoint", tiny_ckpt, "--n", "2", "--quiet", "--out", str(tmp_path / "s.png")]
                + flags, capsys, flag)
+
+
+# ---------------------------------------------------------------- issue 24
+
+
+def test_reference_sampler_refuses_a_model_with_another_number_of_levels(tiny):
+    x = torch.rand(2, 1, 28, 28)
+    for k in (2, 5):  # fewer levels ran silently on the model's first ones; more: an IndexError
+        sig = get_sigmas("geometric", 1.0, 0.01, k)
+        with pytest.raises(ValueError, match=r"^sigmas: expected 3 noise levels \(the model's number of levels\), "
+                                             rf"got {k}"):
+            annealed_langevin(tiny, x, sig, steps_per_level=1, seed=0)
+        with pytest.raises(ValueError, match=r"^sigmas: expected 3 noise levels"):
+            hmc_annealed(tiny, x, sig, steps_per_level=1, seed=0)
+    annealed_langevin(tiny, x, tiny.sigmas, steps_per_level=1, seed=0)
+
+
+def test_cli_nan_weights_are_named_not_blamed_on_eps(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = CondRefineNetDilated(28, 1, ngf=4, num_levels=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    fastncsn.save(model, tmp_path / "nan.pt")
+    assert main(["sample", "--checkpoint", str(tmp_path / "nan.pt"), "--n", "2", "--quiet",
+                 "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastncsn sample: error: --checkpoint: ") and "holds non-finite weights" in err, err
+    assert "--eps" not in err and not (tmp_path / "s.png").exists()
+
+
+def test_cli_sample_of_a_toy_model_writes_a_scatter_plot(tmp_path, capsys):
+    from fastncsn.toy import MixtureScoreModel, seed003_mixture
+    fastncsn.save(MixtureScoreModel.from_mixture(seed003_mixture(), num_levels=3), tmp_path / "toy.pt")
+    base = ["sample", "--checkpoint", str(tmp_path / "toy.pt"), "--n", "20", "--steps-per-level", "2", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "toy.png"), "--save-tensor", str(tmp_path / "toy.npz")]) == 0
+    assert "toy.png" in capsys.readouterr().out
+    with Image.open(tmp_path / "toy.png") as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+    assert np.load(tmp_path / "toy.npz")["samples"].shape == (20, 2)
+    assert main(base + ["--out", str(tmp_path / "t2.png"), "--strip", str(tmp_path / "strip.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastncsn sample: error: --strip: needs an image model") and len(err.splitlines()) == 1
+    assert not (tmp_path / "t2.png").exists() and not (tmp_path / "strip.png").exists()

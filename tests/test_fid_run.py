@@ -369,3 +369,32 @@ def test_fid_stats_progress_and_quiet(tmp_path, capsys):
     assert "fid-stats" in err and "1797/1797" in err                         # a bar over the images
     assert main(["fid-stats", "--data", "digits", "--out", str(tmp_path / "b.pt"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+# issue 24: --npz images are read without pickle and refused when they would be misread
+
+@pytest.mark.parametrize("images, needle", [
+    (np.linspace(0, 255, 4 * 28 * 28, dtype=np.float32).reshape(4, 1, 28, 28), "values in [0, 255]; floating-point"),
+    (np.linspace(-0.5, 0.5, 4 * 28 * 28).reshape(4, 1, 28, 28), "values in [-0.5, 0.5]; floating-point"),
+    (np.full((4, 1, 28, 28), np.nan, np.float32), "3136 NaN or inf values"),
+    (np.zeros((4, 1, 28, 28), np.int64), "must be uint8 (0..255) or floating point in [0, 1], got int64"),
+    (np.zeros((4, 1, 28, 28), np.uint16), "got uint16"),
+])
+def test_cli_fid_stats_npz_refuses_images_it_would_misread(tmp_path, capsys, images, needle):
+    np.savez(tmp_path / "x.npz", images=images)
+    assert main(["fid-stats", "--npz", str(tmp_path / "x.npz"), "--out", str(tmp_path / "s.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastncsn fid-stats: error: --npz: ") and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s.pt").exists()
+
+
+def test_cli_fid_stats_npz_that_is_not_an_archive_of_arrays(tmp_path, capsys):
+    (tmp_path / "text.npz").write_text("these are not images\n")
+    np.save(tmp_path / "bare.npy", np.zeros((2, 1, 28, 28), np.uint8))
+    os.rename(tmp_path / "bare.npy", tmp_path / "bare.npz")
+    np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}, None], dtype=object))
+    for name, needle in (("text.npz", "is not a readable .npz"), ("bare.npz", "a .npy file"),
+                         ("objects.npz", "is not a readable numeric array")):
+        assert main(["fid-stats", "--npz", str(tmp_path / name), "--out", str(tmp_path / "s.pt")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fastncsn fid-stats: error: --npz: '{tmp_path / name}'") and needle in err, err
+        assert "allow_pickle" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.pt").exists()

@@ -388,7 +388,9 @@ def test_gpu_peak_memory_not_above_reference(record_property, precision):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     model.set_backend("torch")
     with torch.no_grad(), autocast:  # as the reference sampling loop runs, in the same precision
-        ref = peak(lambda: annealed_langevin(model, x0, model.sigmas[:2], steps_per_level=2, seed=0))
+        # (the model's first two levels: a plain score function, as a model checks it is given all its levels)
+        ref = peak(lambda: annealed_langevin(lambda x, i: model(x, i), x0, model.sigmas[:2], steps_per_level=2,
+                                             seed=0))
     model.set_backend("auto")
     gs = GraphSampler(model, batch, sigmas=model.sigmas[:2], model_levels=[0, 1], steps_per_level=2,
                       precision=precision)

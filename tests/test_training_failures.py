@@ -81,6 +81,7 @@ def test_legacy_checkpoints_without_run_id_resume(tmp_path):
     path = find_checkpoints(str(tmp_path))[0]
     ck = torch.load(path, weights_only=False)
     del ck["extra"]["run_id"], ck["extra"]["grad_clip"]  # as written before run ids and these settings existed
+    ck["config"]["backend"] = "auto"                      # as written before bbed317 (a run option in the config)
     torch.save(ck, path, _use_new_zipfile_serialization=False)  # (and in torch's legacy format: not memory-mappable)
     train(steps=3, out_dir=str(tmp_path), checkpoint_every=1, keep_last=1, **TINY)
     assert _names(tmp_path) == ["checkpoint_00000003.pt"] and checkpoint_run_id(find_checkpoints(str(tmp_path))[0]) == "legacy"
@@ -232,3 +233,63 @@ def test_log_has_no_repeated_steps_after_falling_back_to_an_older_checkpoint(tmp
     with pytest.warns(RuntimeWarning, match="skipping unreadable checkpoint"):
         train(steps=4, out_dir=out, checkpoint_every=2, keep_last=None, **TINY)
     assert _log_steps(out) == [1, 2, 3, 4]
+
+
+# issue 24 ----------------------------------------------------------------------------------------
+#: the API settings of TINY on the command line (the CLI's digits recipe has another lr and an EMA)
+SAME = ["--lr", "0.001", "--ema", "0"]
+
+def test_new_run_beside_an_old_log_without_checkpoint_is_refused_and_the_log_kept(tmp_path, capsys):
+    """A folder holding an old train_log.jsonl and only checkpoint_best.pt: a new run would have deleted the
+    log's lines (it trimmed every record past its step 0); now it is refused, the log untouched."""
+    out = tmp_path / "run"
+    train(steps=3, out_dir=str(out), checkpoint_every=3, **TINY)
+    os.rename(find_checkpoints(str(out))[0], out / "checkpoint_best.pt")
+    before = (out / "train_log.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=r"^out_dir: .*train_log\.jsonl' holds 3 records \(steps 1-3\) of an earlier "
+                                         r"run, and .* has no checkpoint of it to resume"):
+        train(steps=3, out_dir=str(out), checkpoint_every=3, **TINY)
+    assert main(CLI_TINY + ["--out", str(out), "--steps", "3"]) == 2
+    _one_line_error(capsys, "--out:", "train_log.jsonl", "move the log away or choose another --out")
+    assert (out / "train_log.jsonl").read_bytes() == before
+    assert sorted(os.listdir(out)) == [".fastncsn.lock", "checkpoint_best.pt", "train_log.jsonl"]
+
+
+@pytest.mark.parametrize("bad", [b"{not json\n", b"\xff\xfe\x00garbage\n", b"[1, 2]\n"])
+def test_a_log_line_that_is_not_a_record_is_an_error_naming_the_file(tmp_path, capsys, bad):
+    out = tmp_path / "run"
+    train(steps=2, out_dir=str(out), checkpoint_every=2, **TINY)
+    log = out / "train_log.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(lines[0] + bad + lines[1])
+    assert main(CLI_TINY + SAME + ["--out", str(out), "--steps", "4"]) == 2
+    _one_line_error(capsys, "--out:", "train_log.jsonl' line 2 is not a record of a training log")
+    assert log.read_bytes() == lines[0] + bad + lines[1] and _names(out) == ["checkpoint_00000002.pt"]
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(tmp_path):
+    out = tmp_path / "run"
+    train(steps=2, out_dir=str(out), checkpoint_every=2, **TINY)
+    with open(out / "train_log.jsonl", "ab") as f:
+        f.write(b'{"step": 3, "lo')                      # killed while writing the record of step 3
+    train(steps=3, out_dir=str(out), checkpoint_every=3, **TINY)
+    assert _log_steps(out) == [1, 2, 3]
+
+
+def test_a_folder_named_like_a_checkpoint_is_refused_up_front(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoint_00000004.pt").mkdir(parents=True)
+    assert main(CLI_TINY + ["--out", str(out), "--steps", "4", "--checkpoint-every", "4"]) == 2
+    _one_line_error(capsys, "--out:", "checkpoint_00000004.pt' is named like a checkpoint but is not a file")
+    assert sorted(os.listdir(out)) == ["checkpoint_00000004.pt"]       # no step run, no log written
+
+
+def test_steps_below_the_checkpoint_step_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(steps=2, out_dir=str(out), checkpoint_every=2, **TINY)
+    before = (out / "train_log.jsonl").read_bytes()
+    assert main(CLI_TINY + SAME + ["--out", str(out), "--steps", "1"]) == 2
+    _one_line_error(capsys, "--steps: the checkpoint in", "is at step 2, past steps=1", "pass steps >= 2")
+    assert (out / "train_log.jsonl").read_bytes() == before
+    assert main(CLI_TINY + SAME + ["--out", str(out), "--steps", "2"]) == 0     # the step it reached: nothing to do
+    assert "to step 2 of 2" in capsys.readouterr().out

@@ -29,6 +29,7 @@ import torch
 
 from . import common
 from .. import flags
+from ..images import save_figure
 
 NAME = "initial_noise"
 #: seed 000 section 7: classes whose 95% interval contains 10%, MNIST
@@ -133,7 +134,7 @@ def _plot(hists: dict, path: str) -> None:
         ax.set_title(f"sigma_1 = {s1:g} (n = {h.n}, {int(h.covers(0.1).sum())}/10 cover 10%)")
     axes[0][0].set_ylabel("proportion of samples")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, path, dpi=110); plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ import torch
 
 from . import common
 from .. import flags
+from ..images import save_figure
 from ..schedules import SCHEDULES
 
 NAME = "schedules_study"
@@ -127,7 +128,7 @@ def _plot(rows: list, floor: float, path: str) -> None:
     b.set_ylabel("Inception FID"); b.set_title("seed 000 Figure 2 (MNIST)")
     for ax in (a, b):
         ax.tick_params(axis="x", labelrotation=30)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, path, dpi=110); plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ import torch
 
 from . import common
 from .. import flags
+from ..images import save_figure
 
 NAME = "score_norm"
 COLUMNS = ("level", "sigma", "norm_data", "norm_data_std", "norm_uniform", "norm_uniform_std", "sqrt_d_over_sigma",
@@ -107,7 +108,7 @@ def _plot(rows: list, fits: dict, D: int, path: str) -> None:
     ax.set_xscale("log"); ax.set_yscale("log")
     ax.set_xlabel("sigma"); ax.set_ylabel("E ||s(x, sigma)||")
     ax.set_title("score norm against noise level"); ax.legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, path, dpi=110); plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import atomic_save
 from ..data import digits_split, embedded_digits
+from ..files import UnsafeFileError, safe_torch_load
 from .fid import compute_feature_stats, fid
 
 __all__ = ["InceptionFeatures", "DigitsClassifier", "train_digits_classifier", "save_digits_classifier",
@@ -87,7 +89,9 @@ class InceptionFeatures(nn.Module):
             raise FileNotFoundError(f"weights_path {str(path)!r} does not exist or is not a file. "
                                     f"{_INCEPTION_HOWTO}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = safe_torch_load(path, arg="weights_path")
+        except UnsafeFileError:
+            raise
         except Exception as exc:
             raise ValueError(f"weights_path {str(path)!r} could not be read as a PyTorch state dict "
                              f"({exc}). {_INCEPTION_HOWTO}") from exc
@@ -252,7 +256,7 @@ def save_digits_classifier(model: DigitsClassifier, path: Union[str, Path] = DIG
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "metadata": dict(model.metadata)}, path)
+    atomic_save({"state_dict": state, "metadata": dict(model.metadata)}, str(path))
     return path
 
 
@@ -267,7 +271,7 @@ def load_digits_classifier(path: Union[str, Path, None] = None,
     if not path.is_file():
         raise FileNotFoundError(f"path {str(path)!r}: digits classifier weights not found; create them "
                                 f"with  python -m fastncsn.metrics --train-digits-classifier")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = safe_torch_load(path)
     model = DigitsClassifier()
     model.load_state_dict(blob["state_dict"])
     model.metadata = dict(blob.get("metadata", {}))

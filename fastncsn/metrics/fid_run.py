@@ -15,7 +15,8 @@ tens of points. :func:`fid_of_checkpoint` makes the 50k run the easy one:
   a rerun skips the valid shards, so a killed run resumes where it stopped, with
   no sample drawn twice and none lost;
 * ``out_dir/fingerprint.json`` records the run's settings; a folder holding a
-  different run is an error (never silently mixed);
+  different run is an error (never silently mixed), and so is a folder another
+  process is using (a lock, :func:`fastncsn.files.lock_run_folder`);
 * rank 0 merges the shards' features in shard order into one
   :class:`~fastncsn.metrics.FeatureStats`, computes the Frechet distance to the
   reference statistics and writes ``out_dir/fid.json`` atomically.
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_save, atomic_write_text
+from ..files import UnsafeFileError, lock_run_folder, safe_torch_load
 from ..sampling import SamplerSettings, resolve_model, sample, shard_seed
 from ..sampling.core import check_count, check_seed
 from ..sampling.distributed import init_from_env
@@ -106,30 +108,57 @@ def load_npz_images(path: Union[str, Path]) -> torch.Tensor:
     """Images from an ``.npz``: its ``images`` / ``samples`` / ``x`` array, else its only array.
 
     Accepts ``[N, C, H, W]`` or ``[N, H, W, C]`` (C in 1, 3) or ``[N, H, W]``, uint8 (0..255)
-    or floating point in [0, 1]. Returns float32 ``[N, C, H, W]`` in [0, 1].
+    or floating point in [0, 1]. Returns float32 ``[N, C, H, W]`` in [0, 1].  Read without
+    pickle (``allow_pickle=False``); a file that is not an ``.npz`` of arrays, another dtype,
+    NaN/inf or floats outside [0, 1] raise ValueError naming ``npz``, the file and what was found.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz: no such file {str(path)!r}")
-    with np.load(path) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:  # text, pickles, truncated zips: never numpy's advice to load it unsafely
+        raise ValueError(f"npz: {str(path)!r} is not a readable .npz of image arrays (numpy.savez); "
+                         f"{type(exc).__name__}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"npz: {str(path)!r} holds one bare array (a .npy file), not an .npz archive; "
+                         "write it with numpy.savez(path, images=array)")
+    with z:
         keys = list(z.files)
         key = next((k for k in ("images", "samples", "x") if k in keys), keys[0] if len(keys) == 1 else None)
         if key is None:
             raise ValueError(f"npz: {str(path)!r} has arrays {keys}; expected one named images, samples or x")
-        a = z[key]
+        try:
+            a = z[key]
+        except Exception as exc:  # object arrays (pickled), damaged members
+            raise ValueError(f"npz: {str(path)!r}[{key!r}] is not a readable numeric array "
+                             f"({type(exc).__name__}); expected uint8 or floating-point images") from None
+    if a.dtype != np.uint8 and a.dtype.kind != "f":
+        raise ValueError(f"npz: {str(path)!r}[{key!r}] must be uint8 (0..255) or floating point in [0, 1], "
+                         f"got {a.dtype}")
     if a.ndim == 3:
         a = a[:, None]
     if a.ndim != 4:
         raise ValueError(f"npz: {str(path)!r}[{key!r}] must be images [N, C, H, W] or [N, H, W, C], "
                          f"got shape {list(a.shape)}")
+    if a.shape[0] == 0:
+        raise ValueError(f"npz: {str(path)!r}[{key!r}] holds no images (shape {list(a.shape)})")
     if a.shape[1] not in (1, 3) and a.shape[3] in (1, 3):
         a = a.transpose(0, 3, 1, 2)
     x = torch.from_numpy(np.ascontiguousarray(a))
     if x.dtype == torch.uint8:
         return x.float() / 255.0
-    if not x.is_floating_point():
-        raise ValueError(f"npz: {str(path)!r}[{key!r}] must be uint8 or floating point, got {a.dtype}")
-    return x.float()
+    x = x.float()
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise ValueError(f"npz: {str(path)!r}[{key!r}] holds {int((~finite).sum())} NaN or inf values; expected "
+                         "images in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = " (0..255 floats? divide by 255 or store uint8)" if hi > 1.0 and hi <= 255.0 and lo >= 0.0 else ""
+        raise ValueError(f"npz: {str(path)!r}[{key!r}] holds values in [{lo:g}, {hi:g}]; floating-point images must "
+                         f"be in [0, 1]{hint}")
+    return x
 
 
 def reference_stats(images, extractor: str = "digits", out: Union[str, Path, None] = None,
@@ -197,7 +226,9 @@ def load_stats(path: Union[str, Path]) -> tuple[FeatureStats, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"ref: no such statistics file {str(path)!r} (make one with fastncsn fid-stats)")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = safe_torch_load(path, arg="ref")
+    except UnsafeFileError:
+        raise
     except Exception as exc:
         raise FIDRunError(f"ref: {str(path)!r} is not a statistics file ({type(exc).__name__}: {exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != STATS_FORMAT:
@@ -262,8 +293,8 @@ def _load_shard(path: Path, fp: dict, k: int, m: int, dim: int) -> Optional[torc
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+        blob = safe_torch_load(path)
+    except Exception:  # (a damaged shard, or one holding Python objects: not ours, redrawn and replaced)
         return None
     if not isinstance(blob, dict) or blob.get("format") != SHARD_FORMAT or blob.get("index") != k:
         return None
@@ -376,62 +407,67 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
     fp = _fingerprint(checkpoint, settings, executor, n, seed, shard_size, batch_size, identity)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(checkpoint, n, seed)
     _check_folder(out_dir, fp)  # every rank, before anything is written: all raise alike
-    if rank == 0 and not (out_dir / FINGERPRINT_FILE).is_file():
-        atomic_write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n", str(out_dir / FINGERPRINT_FILE))
-    if distributed:
-        dist.barrier(group)
-        _check_folder(out_dir, fp)  # every rank against rank 0's fingerprint: ranks with other settings stop here
-
-    total = num_shards(n, shard_size)
-    sizes = [min(shard_size, n - k * shard_size) for k in range(total)]
-    dim = identity["dim"]
-    mine = [k for k in range(rank, total, world)
-            if _load_shard(shard_path(out_dir, k), fp, k, sizes[k], dim) is None]
-    levels = int(torch.as_tensor(model.sigmas).numel())
-    per_shard = levels * -(-shard_size // (batch_size or shard_size))   # the reference sampler's levels per shard
-    bar = _progress(progress and rank == 0, total, finished_shards(out_dir, total), per_shard)
-    try:  # the bar is closed however the run ends (an interruption's message then starts a line)
-        for k in mine:
-            if bar is not None:
-                bar.set_postfix_str(f"shard {k + 1} of {total}")
-            x = sample(model, sizes[k], seed=shard_seed(seed, k), device=device, fast=fast, precision=precision,
-                       batch_size=batch_size, steps_per_level=settings.steps_per_level, eps=settings.eps,
-                       progress=bar if bar is not None else False)
-            feats = image_features(x, fn, extract_batch_size)
-            blob = {"format": SHARD_FORMAT, "index": k, "seed": shard_seed(seed, k), "fingerprint": fp,
-                    "features": feats}
-            if save_samples:
-                blob["samples"] = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-            atomic_save(blob, str(shard_path(out_dir, k)))
-            if on_shard is not None:
-                on_shard(k)
-            if bar is not None:   # every finished shard (other ranks' too), whatever the sampler advanced
-                bar.update(finished_shards(out_dir, total) * per_shard - bar.n)
+    lock = lock_run_folder(out_dir, "out_dir", rank, distributed, group, device)  # one run per folder
+    try:
+        if rank == 0 and not (out_dir / FINGERPRINT_FILE).is_file():
+            atomic_write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n", str(out_dir / FINGERPRINT_FILE))
         if distributed:
             dist.barrier(group)
-        if bar is not None:
-            bar.update(bar.total - bar.n)
-    finally:
-        if bar is not None:
-            bar.close()
-    if rank != 0:
-        return None
+            _check_folder(out_dir, fp)  # every rank against rank 0's fingerprint: other settings stop here
 
-    stats = FeatureStats(dim=dim)
-    for k in range(total):  # shard order: the same statistics whatever the number of processes
-        feats = _load_shard(shard_path(out_dir, k), fp, k, sizes[k], dim)
-        if feats is None:
-            raise FIDRunError(f"out: shard {k} in {str(out_dir)!r} is missing or damaged after the run; rerun "
-                              "the same command to redraw it")
-        stats.update(feats)
-    value = frechet_distance(stats.mean(), stats.cov(), ref.mean(), ref.cov())
-    result = {"fid": value, "n": n, "checkpoint": fp["checkpoint"], "checkpoint_sha256": fp["checkpoint_sha256"],
-              "sampler": fp["sampler"], "executor": executor, "extractor": identity, "seed": seed,
-              "shard_size": shard_size, "num_shards": total, "batch_size": batch_size,
-              "ref": str(Path(ref_stats).resolve()), "ref_n": ref.n, "world_size": world,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", str(out_dir / RESULT_FILE))
-    return result
+        total = num_shards(n, shard_size)
+        sizes = [min(shard_size, n - k * shard_size) for k in range(total)]
+        dim = identity["dim"]
+        mine = [k for k in range(rank, total, world)
+                if _load_shard(shard_path(out_dir, k), fp, k, sizes[k], dim) is None]
+        levels = int(torch.as_tensor(model.sigmas).numel())
+        per_shard = levels * -(-shard_size // (batch_size or shard_size))   # the reference sampler's levels per shard
+        bar = _progress(progress and rank == 0, total, finished_shards(out_dir, total), per_shard)
+        try:  # the bar is closed however the run ends (an interruption's message then starts a line)
+            for k in mine:
+                if bar is not None:
+                    bar.set_postfix_str(f"shard {k + 1} of {total}")
+                x = sample(model, sizes[k], seed=shard_seed(seed, k), device=device, fast=fast, precision=precision,
+                           batch_size=batch_size, steps_per_level=settings.steps_per_level, eps=settings.eps,
+                           progress=bar if bar is not None else False)
+                feats = image_features(x, fn, extract_batch_size)
+                blob = {"format": SHARD_FORMAT, "index": k, "seed": shard_seed(seed, k), "fingerprint": fp,
+                        "features": feats}
+                if save_samples:
+                    blob["samples"] = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+                atomic_save(blob, str(shard_path(out_dir, k)))
+                if on_shard is not None:
+                    on_shard(k)
+                if bar is not None:   # every finished shard (other ranks' too), whatever the sampler advanced
+                    bar.update(finished_shards(out_dir, total) * per_shard - bar.n)
+            if distributed:
+                dist.barrier(group)
+            if bar is not None:
+                bar.update(bar.total - bar.n)
+        finally:
+            if bar is not None:
+                bar.close()
+        if rank != 0:
+            return None
+
+        stats = FeatureStats(dim=dim)
+        for k in range(total):  # shard order: the same statistics whatever the number of processes
+            feats = _load_shard(shard_path(out_dir, k), fp, k, sizes[k], dim)
+            if feats is None:
+                raise FIDRunError(f"out: shard {k} in {str(out_dir)!r} is missing or damaged after the run; rerun "
+                                  "the same command to redraw it")
+            stats.update(feats)
+        value = frechet_distance(stats.mean(), stats.cov(), ref.mean(), ref.cov())
+        result = {"fid": value, "n": n, "checkpoint": fp["checkpoint"],
+                  "checkpoint_sha256": fp["checkpoint_sha256"], "sampler": fp["sampler"], "executor": executor,
+                  "extractor": identity, "seed": seed,
+                  "shard_size": shard_size, "num_shards": total, "batch_size": batch_size,
+                  "ref": str(Path(ref_stats).resolve()), "ref_n": ref.n, "world_size": world,
+                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", str(out_dir / RESULT_FILE))
+        return result
+    finally:
+        lock.release()
 
 
 def image_features(x: torch.Tensor, extractor: Callable, batch_size: int) -> torch.Tensor:

@@ -163,8 +163,9 @@ def plot_class_histogram(hist: ClassHistogram, path: Union[str, Path], title: Op
     ax.set_title(title if title is not None else f"Predicted classes (n = {hist.n})")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    from ..images import save_figure
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, str(path), dpi=120)
     plt.close(fig)
     return path

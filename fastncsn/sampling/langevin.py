@@ -22,7 +22,7 @@ import torch
 from ..ops import langevin_step_ref
 from ..schedules import validate_sigmas
 from .core import (NCSN_SAMPLING, Snapshots, check_batch, check_count, check_eps, check_finite_level, check_mask,
-                   escape_bound,
+                   check_model_levels, escape_bound,
                    make_generator, progress_bar, randn, step_sizes)
 
 __all__ = ["langevin", "annealed_langevin", "hmc_annealed"]
@@ -115,13 +115,15 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _
         the samples ``[N, ...]`` (and the snapshots when ``snapshot_every``).
 
     Raises:
-        ValueError: a bad argument, a NaN/inf in ``x`` or ``known``.
+        ValueError: a bad argument, a NaN/inf in ``x`` or ``known``, ``sigmas`` with another
+            number of levels than ``score_fn`` when it is a model (has ``sigmas``).
         SamplingDivergedError: (a ``FloatingPointError``) the samples became NaN or inf; checked
             once per level (one host sync per level) and named by the first such level.
     """
     check_batch(x)
     alphas = step_sizes(sigmas, eps, step_convention).to(device=x.device, dtype=x.dtype)
     sig = validate_sigmas(sigmas, "sigmas").to(device=x.device, dtype=x.dtype)
+    check_model_levels(sig, score_fn)  # (a model's level i means its own sigma_i)
     check_count(steps_per_level, "steps_per_level")
     mask, known = check_mask(mask, known, x)
     draw = _noise_source(noise_fn, seed, generator, x.device)
@@ -169,6 +171,7 @@ def hmc_annealed(score_fn: ScoreFn, x: torch.Tensor, sigmas, eps: float = _EPS, 
     """
     check_batch(x)
     alphas = step_sizes(sigmas, eps, step_convention).to(device=x.device, dtype=x.dtype)
+    check_model_levels(alphas, score_fn)
     check_count(steps_per_level, "steps_per_level")
     check_count(leapfrog_steps, "leapfrog_steps")
     draw = _noise_source(noise_fn, seed, generator, x.device)

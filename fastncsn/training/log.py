@@ -16,9 +16,49 @@ from typing import Optional
 
 import torch
 
-__all__ = ["LOG_NAME", "TrainLog", "open_tensorboard", "trim_log"]
+from ..files import atomic_write
+
+__all__ = ["LOG_NAME", "TrainLog", "open_tensorboard", "log_records", "check_log", "trim_log"]
 
 LOG_NAME = "train_log.jsonl"
+
+
+def log_records(path: str) -> list:
+    """``(line, record)`` of every complete line of the JSON-lines log ``path`` (``[]`` when there is none).
+
+    A torn last line (no newline: the process was killed while writing it) is left out; any other line
+    that is not a JSON record (an object with an int ``step``, if any) raises ValueError naming the file
+    and the line."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    out = []
+    for i, raw in enumerate(lines[:-1], 1):  # (the last piece follows the final newline: empty, or torn)
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+            if not isinstance(rec, dict) or type(rec.get("step", 0)) is not int:
+                raise ValueError("not an object with an int step")
+        except ValueError as exc:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+            raise ValueError(f"out_dir: {path!r} line {i} is not a record of a training log ({exc}); repair the "
+                             "file or move it away") from None
+        out.append((raw + b"\n", rec))
+    return out
+
+
+def check_log(path: str, step: int) -> None:
+    """Before a run appends to the log ``path``: a run resumed from a checkpoint at ``step`` > 0 keeps the
+    records up to ``step`` (later ones are its own and are logged again, :func:`trim_log`); a new run
+    (``step`` 0) refuses a log that holds records, which would otherwise be mixed with its own or lost
+    (ValueError naming the file).  Unreadable records: :func:`log_records`."""
+    records = log_records(path)
+    if step == 0 and records:
+        steps = [rec.get("step", 0) for _, rec in records]
+        raise ValueError(f"out_dir: {path!r} holds {len(records)} records (steps {min(steps)}-{max(steps)}) of an "
+                         f"earlier run, and {os.path.dirname(path) or '.'!r} has no checkpoint of it to resume: a "
+                         "new run would mix its records with them; move the log away or choose another out_dir")
 
 
 def trim_log(path: str, step: int) -> int:
@@ -26,24 +66,12 @@ def trim_log(path: str, step: int) -> int:
     checkpoint logs those steps again.  Rewritten atomically; returns the number of lines dropped."""
     if not os.path.isfile(path):
         return 0
-    keep, dropped = [], 0
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                ok = line.endswith("\n") and int(rec.get("step", 0)) <= step
-            except (ValueError, TypeError, AttributeError):
-                ok = False
-            if ok:
-                keep.append(line)
-            else:
-                dropped += 1
-    if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
-    return dropped
+    with open(path, "rb") as f:
+        pieces = [p for p in f.read().split(b"\n") if p.strip()]   # every line, a torn last one included
+    keep = [line for line, rec in log_records(path) if rec.get("step", 0) <= step]
+    if len(keep) < len(pieces):
+        atomic_write(path, lambda f: f.writelines(keep), suffix=".jsonl")
+    return len(pieces) - len(keep)
 
 
 def open_tensorboard(log_dir):

@@ -19,8 +19,9 @@ from .build import Run, build_run, check_arguments
 from .failures import DivergenceGuard, TrainingInterrupted, check_out_dir
 from .fast import release_fast_model
 from .graph_step import GraphTrainStep
-from .log import LOG_NAME, TrainLog
-from .resume import check_fresh_start, new_run_id, restore, save_run
+from ..files import lock_run_folder
+from .log import LOG_NAME, TrainLog, check_log
+from .resume import check_checkpoint_files, check_fresh_start, new_run_id, restore, save_run
 from .step import dsm_step
 
 __all__ = ["train"]
@@ -97,18 +98,32 @@ def _graph_step(run: Run, plan: _Plan) -> Optional[GraphTrainStep]:
                           anneal_power=plan.anneal_power, grad_clip=plan.grad_clip, device=run.device)
 
 
+def _lock_out_dir(run: Run, plan: _Plan):
+    """The lock of ``out_dir`` for this run (rank 0 holds it; every rank raises alike when another
+    process holds it): one run per folder.  None without ``out_dir``."""
+    if plan.out_dir is None:
+        return None
+    return lock_run_folder(plan.out_dir, "out_dir", run.rank, run.distributed, device=run.device)
+
+
 def _prepare_out_dir(run: Run, plan: _Plan, resume: bool) -> dict:
     """Create ``out_dir`` (rank 0) and resume from its newest valid checkpoint when asked;
-    returns the settings changed on resume (``{name: [old, new]}``)."""
+    returns the settings changed on resume (``{name: [old, new]}``).  Before any step: a
+    ``steps`` below the checkpoint's step, and a log that a new run would mix with its own
+    (:func:`~.log.check_log`), raise ValueError."""
     if plan.out_dir is None:
         return {}
     if run.rank == 0:
         os.makedirs(plan.out_dir, exist_ok=True)
     if run.distributed:
         torch.distributed.barrier()
-    if resume:
-        return restore(run, plan.out_dir, plan.progress, plan.allow_changed_settings)
-    return {}
+    changes = restore(run, plan.out_dir, plan.progress, plan.allow_changed_settings) if resume else {}
+    if run.step > plan.steps:
+        raise ValueError(f"steps: the checkpoint in {plan.out_dir!r} is at step {run.step}, past steps={plan.steps} "
+                         f"(the total number of steps, not the number to add); pass steps >= {run.step} to "
+                         "continue it, or choose another out_dir for a new run")
+    check_log(os.path.join(plan.out_dir, LOG_NAME), run.step)
+    return changes
 
 
 def _save(run: Run, plan: _Plan) -> Optional[str]:
@@ -229,13 +244,19 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         FloatingPointError: a non-finite loss (step and levels named); no checkpoint of
             non-finite weights is written, the last finite one is kept.
         ValueError: bad arguments, an unwritable ``out_dir``, a fresh start into another
-            run's ``out_dir``, or changed settings on resume -- all before any step.
+            run's ``out_dir``, or changed settings on resume -- all before any step.  Also:
+            ``out_dir`` in use by another process (one run per folder: a lock, released when
+            that process ends in any way); a checkpoint there that holds Python objects which
+            could run code when read (refused, never loaded); a ``train_log.jsonl`` with records
+            but no checkpoint to resume (a new run would mix its records with them) or with a
+            line that is not a record; ``steps`` below the resumed checkpoint's step.
     """
     check_arguments(steps, batch_size, lr, checkpoint_every, tensorboard_dir, keep_last, seed)
     if not isinstance(graph, bool):
         raise ValueError(f"graph: expected True or False, got {graph!r}")
     if out_dir is not None:
         check_out_dir(out_dir, LOG_NAME)
+        check_checkpoint_files(out_dir)
         if not resume:
             check_fresh_start(out_dir)
     run = build_run(model_or_config, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed,
@@ -245,7 +266,9 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
                  out_dir=out_dir, checkpoint_every=checkpoint_every, keep_last=keep_last, progress=progress,
                  graph=graph, allow_changed_settings=allow_changed_settings)
     run.meta.update(run_id=new_run_id(), grad_clip=grad_clip, warmup_steps=warmup_steps, anneal_power=anneal_power)
+    lock = None
     try:
+        lock = _lock_out_dir(run, plan)
         changes = _prepare_out_dir(run, plan, resume)
         log = TrainLog(run, steps, batch_size, log_every, out_dir, tensorboard_dir, progress)
         try:
@@ -255,6 +278,8 @@ def train(model_or_config=None, data="digits", steps: int = 1000, batch_size: in
         finally:
             log.close()
     finally:
+        if lock is not None:
+            lock.release()
         if run.fast:
             release_fast_model(run.model)
     if stopped is not None:

@@ -17,13 +17,12 @@ import re
 import uuid
 import warnings
 
-import torch
-
 from .. import checkpoint as ckpt
+from ..files import UnsafeFileError, safe_torch_load
 
 __all__ = ["CKPT_PATTERN", "CKPT_REGEX", "LEGACY_RUN_ID", "RESUME_SETTINGS", "find_checkpoints",
-           "checkpoint_run_id", "latest_valid_checkpoint", "check_fresh_start", "new_run_id", "changed_settings",
-           "remove_old_checkpoints", "restore", "save_run"]
+           "checkpoint_run_id", "latest_valid_checkpoint", "check_checkpoint_files", "check_fresh_start", "new_run_id",
+           "changed_settings", "remove_old_checkpoints", "restore", "save_run"]
 
 CKPT_PATTERN = "checkpoint_{step:08d}.pt"
 CKPT_REGEX = re.compile(r"^checkpoint_(\d{8})\.pt$")
@@ -48,12 +47,19 @@ def find_checkpoints(out_dir: str) -> list:
 
 
 def checkpoint_run_id(path: str):
-    """The ``run_id`` of the checkpoint at ``path`` (:data:`LEGACY_RUN_ID` when it has none), or None when unreadable."""
+    """The ``run_id`` of the checkpoint at ``path`` (:data:`LEGACY_RUN_ID` when it has none), or None when unreadable.
+
+    Read without running code in it; a file holding other Python objects raises
+    :class:`~fastncsn.checkpoint.UnsafeCheckpointError` (naming ``out_dir``)."""
     try:  # memory-mapped: the metadata is read, the tensors are not
-        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        obj = safe_torch_load(path, arg="out_dir", mmap=True)
+    except UnsafeFileError as exc:
+        raise ckpt.UnsafeCheckpointError(str(exc)) from None
     except Exception:
         try:  # (a file that cannot be memory-mapped, e.g. torch's legacy format: read it whole)
             obj = ckpt.load_checkpoint(path)
+        except ckpt.UnsafeCheckpointError as exc:
+            raise ckpt.UnsafeCheckpointError(ckpt.error_line(exc, "out_dir")) from None
         except ckpt.CheckpointError:
             return None
     if not isinstance(obj, dict):
@@ -61,22 +67,21 @@ def checkpoint_run_id(path: str):
     return (obj.get("extra") or {}).get("run_id") or LEGACY_RUN_ID
 
 
-def _non_finite(sd) -> list:
-    return [k for k, v in (sd or {}).items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
 def latest_valid_checkpoint(out_dir: str):
     """``(path, checkpoint dict)`` of the newest readable checkpoint with finite weights, warning about
-    the others; or ``(None, None)``."""
+    the others; or ``(None, None)``.  A checkpoint holding Python objects that could run code when read
+    is not skipped: :class:`~fastncsn.checkpoint.UnsafeCheckpointError` naming it and ``out_dir``."""
     for path in find_checkpoints(out_dir):
         try:
             ck = ckpt.load_checkpoint(path)
             if "train_state" not in (ck.get("extra") or {}):
                 raise ckpt.CheckpointError(f"path: {path!r} has no training state")
-            bad = _non_finite(ck["state_dict"]) + _non_finite(ck.get("ema_state_dict"))
+            bad = ckpt.non_finite(ck["state_dict"]) + ckpt.non_finite(ck.get("ema_state_dict"))
             if bad:
                 raise ckpt.CheckpointError(f"path: {path!r} holds non-finite weights ({bad[0]}, ...)")
             return path, ck
+        except ckpt.UnsafeCheckpointError as exc:
+            raise ckpt.UnsafeCheckpointError(ckpt.error_line(exc, "out_dir")) from None
         except ckpt.CheckpointError as exc:
             warnings.warn(f"fastncsn: skipping unreadable checkpoint {path}: {exc}; trying the previous one",
                           RuntimeWarning, stacklevel=2)
@@ -99,6 +104,7 @@ def changed_settings(ck: dict, run) -> tuple:
     config, cfg = dict(ck.get("config") or {}), dict(getattr(run.model, "config", {}))
     if "sigmas" in config and "sigmas" in cfg and not _same(list(config["sigmas"]), list(cfg["sigmas"])):
         changes["sigmas"] = [list(config["sigmas"]), list(cfg["sigmas"])]
+    config.pop("backend", None)  # a run option, not state: checkpoints before bbed317 recorded it (load() ignores it)
     fixed = {k: [config[k], cfg.get(k)] for k in config if k != "sigmas" and not _same(config[k], cfg.get(k))}
     return changes, fixed
 
@@ -174,6 +180,15 @@ def restore(run, out_dir: str, progress: bool = False, allow_changed_settings: b
     return changes
 
 
+def check_checkpoint_files(out_dir: str) -> None:
+    """ValueError naming the entry when something in ``out_dir`` is named like our checkpoints but is not a
+    file (e.g. a folder ``checkpoint_00000004.pt``): a save there would fail after the steps."""
+    for path in find_checkpoints(out_dir):
+        if not os.path.isfile(path):
+            raise ValueError(f"out_dir: {path!r} is named like a checkpoint but is not a file (a "
+                             f"{'directory' if os.path.isdir(path) else 'special file'}); move it out of {out_dir!r}")
+
+
 def check_fresh_start(out_dir: str) -> None:
     """ValueError naming ``out_dir`` when a fresh (not resumed) run would start beside another run's checkpoints."""
     found = find_checkpoints(out_dir)
@@ -183,12 +198,20 @@ def check_fresh_start(out_dir: str) -> None:
                          "choose another out_dir or remove the old checkpoints")
 
 
+def _safe_run_id(path: str):
+    """:func:`checkpoint_run_id`, None for a file that holds Python objects (not ours: never read, never removed)."""
+    try:
+        return checkpoint_run_id(path)
+    except ckpt.UnsafeCheckpointError:
+        return None
+
+
 def remove_old_checkpoints(out_dir: str, run_id: str, keep_last) -> list:
     """Delete run ``run_id``'s checkpoints in ``out_dir`` but its newest ``keep_last`` (None: keep all);
     other runs' files are never touched.  Returns the removed paths."""
     if keep_last is None:
         return []
-    own = [p for p in find_checkpoints(out_dir) if checkpoint_run_id(p) == run_id]
+    own = [p for p in find_checkpoints(out_dir) if _safe_run_id(p) == run_id]
     for old in own[keep_last:]:
         os.remove(old)
     return own[keep_last:]
@@ -196,7 +219,7 @@ def remove_old_checkpoints(out_dir: str, run_id: str, keep_last) -> list:
 
 def save_run(run, out_dir: str, keep_last) -> str:
     """Write ``run``'s checkpoint at its step atomically, keep its run's newest ``keep_last``; returns the path."""
-    bad = _non_finite(run.model.state_dict())
+    bad = ckpt.non_finite(run.model.state_dict())
     if bad:
         raise FloatingPointError(f"training diverged by step {run.step}: non-finite weights ({bad[0]}, ...); "
                                  "no checkpoint written, the last finite one is kept")
