@@ -40,10 +40,20 @@ class TrainingInterrupted(Exception):
 
 
 def check_out_dir(out_dir, log_name: str) -> None:
-    """Create ``out_dir``, write and remove a probe file there, and open its ``log_name`` (if any) for appending;
-    ValueError naming ``out_dir`` when any of it fails (before any training)."""
+    """``out_dir`` can hold checkpoints and ``log_name``: an existing folder gets a probe file written and
+    removed and its ``log_name`` (if any) opened for appending; a missing one is not created here (the run
+    creates it once every other check has passed, so a refused run leaves nothing behind): its nearest
+    existing parent must be a writable folder.  ValueError naming ``out_dir`` when any of it fails."""
     try:
-        os.makedirs(out_dir, exist_ok=True)
+        if not os.path.lexists(out_dir):
+            parent = os.path.dirname(os.path.abspath(out_dir))
+            while not os.path.lexists(parent):
+                parent = os.path.dirname(parent)
+            if not os.path.isdir(parent):
+                raise NotADirectoryError(20, "Not a directory", parent)
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied", parent)
+            return
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out_dir)
         os.close(fd)
         os.remove(probe)
