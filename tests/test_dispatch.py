@@ -86,12 +86,15 @@ def test_triton_available():
 
 # ------------------------------------------------------------------ auto's table (scripts/auto_table.py)
 
-def _synthetic_ops_run(in_graph=True):
+def _synthetic_ops_run(in_graph=True, rotated=True):
     """A pytest-benchmark JSON as the ops stage writes it: CIN++ fwd/bwd at two bf16 channels-last shapes
-    (triton faster at the small one, cuda at the large one) and the Langevin step at one shape."""
+    (triton faster at the small one, cuda at the large one) and the Langevin step at one shape; ``rotated``:
+    each timing cycled over input sets larger than L2 (as the stage does), else one set replayed."""
+    l2 = 60 * 2**20
     def rec(op, backend, shape, ms, dtype="bfloat16", layout="channels_last"):
         return {"extra_info": dict(op=op, backend=backend, shape=list(shape), dtype=dtype, layout=layout,
-                                   per_op_ms=ms, timed_in_graph=in_graph, device="Fake GPU")}
+                                   per_op_ms=ms, timed_in_graph=in_graph, device="Fake GPU", l2_bytes=l2,
+                                   working_set_bytes=3 * l2 if rotated else l2 // 4)}
     small, large = (128, 64, 28, 28), (1000, 64, 28, 28)
     b = [rec("cin_fwd", "triton", small, 0.05), rec("cin_fwd", "cuda", small, 0.08),
          rec("cin_fwd", "reference", small, 0.9), rec("cin_fwd", "cuda-split", small, 0.01),
@@ -136,6 +139,14 @@ def test_auto_table_script_refuses_eager_timings(tmp_path):
     src = tmp_path / "eager.json"
     src.write_text(json.dumps(_synthetic_ops_run(in_graph=False)))
     with pytest.raises(SystemExit, match="inside a CUDA graph"):
+        _table_script().main([str(src), "-o", str(tmp_path / "t.json")])
+
+
+def test_auto_table_script_refuses_unrotated_timings(tmp_path):
+    import json
+    src = tmp_path / "unrotated.json"
+    src.write_text(json.dumps(_synthetic_ops_run(rotated=False)))
+    with pytest.raises(SystemExit, match="11 unrotated"):
         _table_script().main([str(src), "-o", str(tmp_path / "t.json")])
 
 

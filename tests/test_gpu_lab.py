@@ -87,6 +87,10 @@ TINY = textwrap.dedent('''
 TINY_CONFTEST = "def pytest_benchmark_generate_machine_info(config):\n    return {'node': 'rehearsal'}\n"
 
 
+#: stage limits tried in turn: pytest's start alone took more than 6 s in CI with both cores busy (2026-12-02)
+BUSY_LIMITS = (2, 6, 20, 45)
+
+
 def _tiny_files(tmp_path):
     (tmp_path / "test_tiny.py").write_text(TINY)
     (tmp_path / "conftest.py").write_text(TINY_CONFTEST)
@@ -108,7 +112,7 @@ def _tiny_stage(tmp_path, limit, signal="INT", guard=True):
 
 def test_stage_stopped_at_its_limit_keeps_finished_records(tmp_path):
     pytest.importorskip("pytest_benchmark")
-    for limit in (2, 6):                 # 6 s only where the 2-core machine was too busy to finish one in 2 s
+    for limit in BUSY_LIMITS:            # longer limits only where a busy 2-core machine finished none in time
         rc, run = _tiny_stage(tmp_path, limit)
         names = [b["name"] for b in run["benchmarks"]] if run else []
         if names:
@@ -131,16 +135,21 @@ def test_a_call_leaves_at_most_8_files_with_stamped_records(tmp_path):
         pytest.skip("not a git checkout: the lab would (rightly) refuse to run")
     _tiny_files(tmp_path)
     py = sys.executable
-    call = lab.Call("rehearsal", 40, "CPU rehearsal", (
-        lab.Stage("hello", 10, (py, "-c", "print('hello')"), "prints", "instant"),
-        lab.Stage("bench", 5, (str(tmp_path / "test_tiny.py"), "-p", "pytest_benchmark.plugin", "-p", "interrupted"),
-                  "tiny benchmarks", "seconds", pytest=True, bench=True,
-                  env=(("PYTHONPATH", os.path.join(ROOT, "benchmarks")), ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1"))),
-        lab.Stage("summary", 15, (py, "scripts/gpu_lab.py", "summary", "{records}", "--out", "{out}/summary.txt"),
-                  "summary", "seconds", final=True),
-    ))
-    out = tmp_path / "out"
-    status = lab.run_call(call, str(out))
+    for limit in BUSY_LIMITS[1:]:            # the whole call again, with a longer bench limit, only if none finished
+        call = lab.Call("rehearsal", limit + 40, "CPU rehearsal", (
+            lab.Stage("hello", 10, (py, "-c", "print('hello')"), "prints", "instant"),
+            lab.Stage("bench", limit, (str(tmp_path / "test_tiny.py"), "-p", "pytest_benchmark.plugin",
+                                       "-p", "interrupted"),
+                      "tiny benchmarks", "seconds", pytest=True, bench=True,
+                      env=(("PYTHONPATH", os.path.join(ROOT, "benchmarks")), ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1"))),
+            lab.Stage("summary", 15, (py, "scripts/gpu_lab.py", "summary", "{records}", "--out", "{out}/summary.txt"),
+                      "summary", "seconds", final=True),
+        ))
+        out = tmp_path / f"out-{limit}"
+        status = lab.run_call(call, str(out))
+        found = glob.glob(str(out / "cpu-*-rehearsal.json"))
+        if found and json.loads(open(found[0]).read())["benchmarks"]:
+            break
     files = sorted(os.listdir(out))
     assert status == 1                                       # the bench stage was stopped at its limit
     assert len(files) <= lab.MAX_FILES and "summary.txt" in files and "logs.tar.gz" in files, files
