@@ -50,7 +50,8 @@ __all__ = ["PoolPlan", "pool_plan", "launch_avg_pool5x5", "TILE", "ROWS"]
 def _row_sum5(row_ptr, offs_w, cmask, row_ok, W, stride_w, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
               ACC: tl.constexpr):
     """Horizontal 5-tap sums ``sum_{j=-2..2} x[w + j]`` of one input row for the strip's columns
-    ``offs_w`` (zeros outside ``[0, W)``, for channels outside ``cmask`` and when not ``row_ok``)."""
+    ``offs_w`` (zeros outside ``[0, W)``, for channels outside ``cmask`` and where not ``row_ok``, a
+    ``[BLOCK_W]`` block: the Triton 3.9 interpreter refuses masks built from scalar booleans)."""
     acc = tl.zeros([BLOCK_W, BLOCK_C], ACC)
     for j in tl.static_range(5):
         ws = offs_w + (j - 2)
@@ -91,14 +92,17 @@ def _avg_pool5x5_kernel(
     s3 = tl.zeros([BLOCK_W, BLOCK_C], ACC)
     s4 = tl.zeros([BLOCK_W, BLOCK_C], ACC)
     for r in range(h_lo - 2, h_hi + 2):
-        row_ok = (r >= 0) & (r < H)
+        # row conditions as [BLOCK_W] blocks, not scalars: a scalar bool in a mask is an int32 array
+        # under the Triton 3.9 interpreter ("mask has unsupported dtype"); compiled, it is the same code
+        rows = r + tl.zeros([BLOCK_W], tl.int32)
+        row_ok = (rows >= 0) & (rows < H)
         row_ptr = x_ptr + base + r * stride_h + cs[None, :] * stride_c
         s0, s1, s2, s3 = s1, s2, s3, s4
         s4 = _row_sum5(row_ptr, offs_w, cmask, row_ok, W, stride_w, BLOCK_W, BLOCK_C, ACC)
         o = r - 2                                  # the output row centred in the window
         y = (s0 + s1 + s2 + s3 + s4) * (1.0 / 25.0)
         tl.store(out_ptr + base + o * stride_h + tile, y.to(out_ptr.dtype.element_ty),
-                 mask=out_mask & (o >= h_lo))
+                 mask=out_mask & (rows - 2 >= h_lo)[:, None])
 
 
 # --------------------------------------------------------------------------- launch
