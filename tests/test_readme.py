@@ -104,3 +104,22 @@ def test_python_snippet_runs(tmp_path):
     for o in outs:
         assert any(n.startswith("checkpoint_") for n in os.listdir(tmp_path / o)), os.listdir(tmp_path / o)
     assert sorted(os.listdir(tmp_path)) == ["runs"], os.listdir(tmp_path)
+
+
+def test_readme_outputs_in_the_working_directory_are_ignored_by_git():
+    """Every ``--out`` of the README's commands, and the folder ``fastncsn fid`` makes by default, is
+    git-ignored: running the examples in a clone leaves ``git status`` clean."""
+    if subprocess.run(["git", "-C", ROOT, "rev-parse"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    text = _readme()
+    outs = set(re.findall(r"fastncsn [a-z-]+ [^\n`]*?--out ([^\s`]+)", text.replace("\\\n", " ")))
+    outs = {o for o in outs if not o.startswith("docs/")}       # docs/results: committed experiment outputs
+    assert {"samples.png", "runs/digits", "digits.stats"} <= outs, outs
+    from fastncsn.checkpoint import BUNDLED_PATH
+    from fastncsn.metrics.fid_run import default_out_dir
+    fid_dir = os.path.relpath(default_out_dir(BUNDLED_PATH, 500, 0), os.getcwd())
+    paths = sorted(outs) + [fid_dir + "/fid.json", "runs/api-digits/train_log.jsonl"]
+    proc = subprocess.run(["git", "-C", ROOT, "check-ignore", "--no-index", "-v", "-n"] + paths,
+                          capture_output=True, text=True)
+    unmatched = [line.split("\t")[-1] for line in proc.stdout.splitlines() if line.startswith("::")]
+    assert not unmatched, f"not in .gitignore: {unmatched}"

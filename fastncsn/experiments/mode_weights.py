@@ -18,22 +18,24 @@ while the report finds 0.07-0.78 there.  The default is therefore seed 003's
 toy ladder, geometric sigma_1 = 10 -> sigma_L = 0.1 with L = 10, which is
 stable for the whole eps grid; ``--sigma-1``/``--sigma-L``/``--levels`` change it.
 
-Run: ``fastncsn experiment mode-weights [--quick] [--out docs/mode_weights.md]``
+Writes ``mode_weights.md``/``.csv`` (one row per cell) and ``mode_weights.png`` (weight against T per
+step size, the report's values dashed) into ``--out-dir``.
+
+Run: ``fastncsn experiment mode-weights [--quick] [--n 10000] [--out-dir docs/results]``
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import math
-import platform
+import os
 import sys
 import time
 from typing import Optional, Sequence
 
 import torch
 
+from . import common
 from .. import flags
-from ..flags import FlagError, Parser
+from ..images import save_figure
 from ..schedules import get_sigmas, step_size_for
 from ..toy import seed004_wide_peaked
 
@@ -112,55 +114,78 @@ def to_markdown(result: dict, eps_grid, t_grid, sigmas: torch.Tensor) -> str:
     return "\n".join(lines)
 
 
+NAME = "mode_weights"
+COLUMNS = ("eps", "T", "weight", "report_weight")
+
+
+def grid_rows(result: dict, eps_grid, t_grid) -> list:
+    """One row per cell ``(eps, T)``: our recovered weight and the report's (None where it has none)."""
+    rows = []
+    for eps in eps_grid:
+        for T in t_grid:
+            rep = REPORT.get(eps)
+            rep_v = rep[T_GRID.index(T)] if rep is not None and T in T_GRID else None
+            rows.append(dict(eps=eps, T=T, weight=result[(eps, T)], report_weight=rep_v))
+    return rows
+
+
+def _plot(rows: list, path: str) -> None:
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for eps in dict.fromkeys(r["eps"] for r in rows):
+        cells = [r for r in rows if r["eps"] == eps]
+        ax.plot([r["T"] for r in cells], [r["weight"] for r in cells], "o-", label=f"eps {eps:g} (ours)")
+        rep = [r for r in cells if r["report_weight"] is not None]
+        if rep:
+            ax.plot([r["T"] for r in rep], [r["report_weight"] for r in rep], "x--", linewidth=1,
+                    color=ax.lines[-1].get_color(), label=f"eps {eps:g} (report)")
+    ax.axhline(0.8, color="k", linestyle=":", linewidth=1, label="true weight 0.8")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("T, steps per level"); ax.set_ylabel("recovered weight of the peaked mode")
+    ax.set_title("seed 004 Table 1: mode weights"); ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout(); save_figure(fig, path, dpi=110); plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="fastncsn experiment mode-weights", description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=flags.count, default=2000, help="particles per cell")
+    p = common.experiment_parser("mode-weights", __doc__)
+    p.add_argument("--n", type=flags.count, default=2000, help="particles per cell (with --quick: at most 2000)")
     p.add_argument("--seed", type=flags.seed, default=0, help="seed of the particles and the noise")
     p.add_argument("--sigma-1", type=flags.noise_level, default=10.0, help="largest noise level (level 0)")
     p.add_argument("--sigma-L", type=flags.noise_level, default=0.1, help="smallest noise level (level L-1)")
     p.add_argument("--levels", type=flags.integer(2), default=10, help="L, the number of geometric levels")
-    p.add_argument("--quick", action="store_true", help="reduced grid for CI: n at most 2000, T in {100, 1000}")
-    p.add_argument("--threads", type=flags.threads, help="torch threads (default: torch's choice)")
-    p.add_argument("--out", type=flags.output_file("markdown"), help="also write a Markdown report here "
-                   "(default: only printed)")
+    common.add_common_arguments(p, training=False)     # --out-dir, --quick (T in {100, 1000}), --threads, --quiet
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = build_parser()
-    try:
-        a = p.parse_args(argv)
-    except FlagError:
-        return 2
-    try:
-        flags.check_above(a.sigma_1, "--sigma-1", a.sigma_L, "--sigma-L")
-    except ValueError as exc:
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
-        return 2
+def _execute(a: argparse.Namespace, command: str) -> list:
+    flags.check_above(a.sigma_1, "--sigma-1", a.sigma_L, "--sigma-L")
     sigmas = get_sigmas("geometric", a.sigma_1, a.sigma_L, a.levels)
-    if a.threads:
-        torch.set_num_threads(a.threads)
     n, t_grid = (min(a.n, 2000), (100, 1000)) if a.quick else (a.n, T_GRID)
-    print(f"seed 004 Table 1 grid: geometric sigma {a.sigma_1:g} -> {a.sigma_L:g}, L={a.levels}, n={n}, "
-          f"paper step convention, exact scores, uniform init on [-8, 8]^2, seed {a.seed}")
+    settings = (f"geometric sigma {a.sigma_1:g} -> {a.sigma_L:g}, L = {a.levels}, n = {n} particles, paper step "
+                f"convention (seed 004 eq. 11), exact perturbed scores, uniform initialisation on [-8, 8]^2, "
+                f"seed {a.seed}")
+    print(f"seed 004 Table 1 grid: {settings}")
     t0 = time.time()
-    res = run_grid(EPS_GRID, t_grid, sigmas, n, a.seed)
+    res = run_grid(EPS_GRID, t_grid, sigmas, n, a.seed, log=(lambda *_: None) if a.quiet else print)
     wall = time.time() - t0
     table = to_markdown(res, EPS_GRID, t_grid, sigmas)
     print(table)
-    print(f"wall time {wall:.0f} s")
-    if a.out:
-        cmd = "fastncsn experiment mode-weights " + " ".join(argv if argv is not None else sys.argv[1:])
-        from ..files import atomic_write_text
-        atomic_write_text(f"# Seed 004 Table 1: recovered weight of the peaked mode (true weight 0.8)\n\n"
-                          f"Generated by `{cmd.strip()}` on {datetime.date.today().isoformat()}, "
-                          f"{platform.machine()} CPU ({torch.get_num_threads()} threads), wall time {wall:.0f} s.\n\n"
-                          f"Settings: geometric sigma {a.sigma_1:g} -> {a.sigma_L:g}, L = {a.levels}, n = {n} "
-                          f"particles, paper step convention (seed 004 eq. 11), exact perturbed scores, uniform "
-                          f"initialisation on [-8, 8]^2, seed {a.seed}. Each cell: ours / the report's value.\n\n"
-                          f"{table}\n", a.out)
-        print(f"written {a.out}")
-    return 0
+    rows = grid_rows(res, EPS_GRID, t_grid)
+    os.makedirs(a.out_dir, exist_ok=True)
+    common.write_csv(os.path.join(a.out_dir, NAME + ".csv"), rows, COLUMNS)
+    _plot(rows, os.path.join(a.out_dir, NAME + ".png"))
+    body = (f"Settings: {settings}; wall time {wall:.0f} s. Each cell: ours / the report's value.\n\n{table}\n\n"
+            f"![recovered weight against T]({NAME}.png)\n")
+    common.write_markdown(os.path.join(a.out_dir, NAME + ".md"),
+                          "Seed 004 Table 1: recovered weight of the peaked mode (true weight 0.8)", command, body,
+                          a.quick)
+    print(f"wall time {wall:.0f} s; written {a.out_dir}/{NAME}.md, .csv, .png")
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return common.run_main("mode-weights", build_parser(), _execute, argv)
 
 
 if __name__ == "__main__":
