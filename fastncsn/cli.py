@@ -282,12 +282,12 @@ def _cmd_inpaint(a) -> None:
 
 def _cmd_schedule(a) -> None:
     import torch
-    from .data import DATASET_CONFIGS, get_dataset
+    from .data import dataset_config, get_dataset
     from .schedules import get_sigmas, num_levels_for_overlap, overlap_probabilities, sigma_1_from_data, step_size_for
-    cfg = DATASET_CONFIGS[a.data.split(":")[0]]
+    ds = get_dataset(a.data, root=a.root) if a.sigma_1 == "data" or a.data.startswith("folder:") else None
+    cfg = dataset_config(a.data, ds)                 # a folder's image size and channels are its files'
     dim = cfg["channels"] * cfg["image_size"] ** 2
     if a.sigma_1 == "data":
-        ds = get_dataset(a.data, root=a.root)
         x = torch.stack([ds[i][0] for i in range(min(len(ds), a.max_points))])
         sigma_1 = sigma_1_from_data(x)
         print(f"sigma_1 from data (largest pairwise distance of {x.shape[0]} images): {sigma_1:.4f}")

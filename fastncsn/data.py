@@ -8,7 +8,8 @@
 * ``mnist``, ``cifar10``, ``celeba`` (centre crop 140, resize 32),
   ``stanford_cars`` (resize 32) through torchvision when it is installed and the
   files are present under ``root`` (``download=True`` to fetch them).
-* ``folder:PATH`` -- a directory of images (PNG/JPEG...), resized.
+* ``folder:PATH`` -- a directory of images (PNG/JPEG..., 8- or 16-bit, any mode), every file decoded up
+  front; size and channels from the files (:class:`ImageFolderDataset`).
 
 Preprocessing as in the reference code: dequantisation ``x*255/256 + U/256``,
 random horizontal flips (CIFAR-10, CelebA), optional logit transform.
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 __all__ = ["DATASET_CONFIGS", "DATASETS", "get_dataset", "dequantize", "random_hflip", "logit_transform",
-           "inverse_logit_transform", "ImageFolderDataset", "check_image_file", "digits_tensor", "embedded_digits",
+           "inverse_logit_transform", "ImageFolderDataset", "check_image_file", "read_image", "dataset_config",
+           "digits_tensor", "embedded_digits",
            "digits_split"]
 
 #: default model configuration per dataset (image size and channels), and whether
@@ -36,7 +38,7 @@ DATASET_CONFIGS = {
     "cifar10": dict(image_size=32, channels=3, random_flip=True),
     "celeba": dict(image_size=32, channels=3, random_flip=True),
     "stanford_cars": dict(image_size=32, channels=3, random_flip=False),
-    "folder": dict(image_size=32, channels=3, random_flip=False),
+    "folder": dict(image_size=32, channels=3, random_flip=False),   # placeholder: a folder's shape is its files'
 }
 DATASETS = tuple(DATASET_CONFIGS)
 
@@ -99,43 +101,105 @@ def digits_split(holdout_fraction: float = 0.2, seed: int = 0):
     return images[~mask_t], labels[~mask_t], images[mask_t], labels[mask_t]
 
 
-def check_image_file(path: str, name: str = "path") -> None:
-    """ValueError naming ``path`` unless PIL can open and verify it as an image."""
+#: PIL modes of one-channel images; 16- and 32-bit integer ones are scaled by 65535 (16-bit PNG/TIFF)
+_GRAY_8BIT = ("1", "L", "LA", "La")
+_GRAY_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _image_array(im) -> np.ndarray:
+    """A decoded PIL image as float32 in [0, 1]: ``[H, W]`` for one-channel modes, else ``[H, W, 3]`` (RGB;
+    alpha dropped).  8-bit modes are divided by 255, 16-bit ones (``I;16*``, and ``I`` as PIL opens 16-bit
+    PNGs) by 65535 -- not clipped to 255 as ``convert("L")`` would (a 16-bit image became white)."""
+    if im.mode in _GRAY_16BIT:
+        return np.clip(np.asarray(im).astype(np.float32) / 65535.0, 0.0, 1.0)
+    if im.mode == "F":
+        return np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+    if im.mode in _GRAY_8BIT:
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def read_image(path: str, name: str = "path") -> np.ndarray:
+    """The image at ``path`` decoded in full (:func:`_image_array`); a ValueError naming ``path`` when PIL
+    cannot open or decode all of it (a truncated JPEG/PNG included)."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.load()                    # decodes every byte: a truncated file raises here, not verify()'s header check
+            return _image_array(im)
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, SyntaxError, OSError, ...)
         raise ValueError(f"{name}: cannot read image {path!r} ({type(exc).__name__}: {exc})") from None
 
 
-class ImageFolderDataset(Dataset):
-    """Every image file below ``root`` (sorted), resized to ``image_size``, as ``(image, 0)``."""
+def check_image_file(path: str, name: str = "path") -> tuple:
+    """``(height, width, channels)`` of the image at ``path`` after decoding all of it; a ValueError naming
+    ``path`` unless it decodes (see :func:`read_image`)."""
+    a = read_image(path, name)
+    return a.shape[0], a.shape[1], 1 if a.ndim == 2 else 3
 
-    def __init__(self, root: str, image_size: int = 32, channels: int = 3):
+
+class ImageFolderDataset(Dataset):
+    """Every image file below ``root`` (sorted) as ``(image [channels, image_size, image_size] float32 in
+    [0, 1], 0)``.
+
+    Every file is decoded when the dataset is built, so a broken one is named before any work.  The shape
+    comes from the files unless given: ``channels`` 1 when every image is one-channel (8- or 16-bit
+    grayscale), else 3 (grayscale images repeated); ``image_size`` the side of the images when they are all
+    the same square size, else the smaller side of the most common size -- other sizes are resized to it
+    (non-square ones stretched) with a warning saying so."""
+
+    def __init__(self, root: str, image_size: Optional[int] = None, channels: Optional[int] = None):
+        import collections
+        import warnings
         if not os.path.isdir(root):
             raise FileNotFoundError(f"root: no such directory {root!r}")
         self.files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                             if f.lower().endswith(_IMAGE_EXT))
         if not self.files:
             raise ValueError(f"root: no image files ({', '.join(_IMAGE_EXT)}) under {root!r}")
-        if channels not in (1, 3):
+        if channels not in (None, 1, 3):
             raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
-        self.image_size, self.channels = image_size, channels
-        for f in self.files:   # a corrupt file fails here, up front, not at some training step
-            check_image_file(f, "root")
+        if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+            raise ValueError(f"image_size: expected an int >= 1, got {image_size!r}")
+        shapes = [check_image_file(f, "root") for f in self.files]   # up front, not at some training step
+        sizes = collections.Counter((h, w) for h, w, _ in shapes)
+        (h0, w0), _ = sizes.most_common(1)[0]
+        self.image_size = image_size or min(h0, w0)
+        gray = sum(c == 1 for _, _, c in shapes)
+        self.channels = channels or (1 if gray == len(shapes) else 3)
+        other = sum(k for (h, w), k in sizes.items() if (h, w) != (self.image_size, self.image_size))
+        if other and image_size is None:
+            warnings.warn(f"root: {other} of {len(shapes)} images under {root!r} are not "
+                          f"{self.image_size}x{self.image_size} (sizes {sorted(sizes)[:4]}"
+                          f"{'...' if len(sizes) > 4 else ''}); they are resized to it", UserWarning, stacklevel=3)
+        if self.channels == 3 and 0 < gray < len(shapes):
+            warnings.warn(f"root: {gray} of {len(shapes)} images under {root!r} are grayscale; they are repeated "
+                          "to 3 channels", UserWarning, stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i):
-        from PIL import Image
-        with Image.open(self.files[i]) as im:
-            im = im.convert("L" if self.channels == 1 else "RGB").resize((self.image_size, self.image_size),
-                                                                           Image.BILINEAR)
-            x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        x = x.view(self.image_size, self.image_size, self.channels).permute(2, 0, 1).float() / 255.0
-        return x, 0
+        a = torch.from_numpy(read_image(self.files[i], "root"))
+        x = a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)
+        if x.shape[0] != self.channels:           # gray -> RGB repeated; RGB -> gray with ITU-R 601 luma (as PIL's "L")
+            x = x.expand(3, -1, -1) if self.channels == 3 else \
+                (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+        s = self.image_size
+        if tuple(x.shape[1:]) != (s, s):
+            x = F.interpolate(x.unsqueeze(0), size=(s, s), mode="bilinear", align_corners=False,
+                              antialias=True).squeeze(0).clamp(0.0, 1.0)
+        return x.contiguous(), 0
+
+
+def dataset_config(name: str, dataset: Optional[Dataset] = None) -> dict:
+    """``DATASET_CONFIGS`` of dataset ``name`` (``folder:PATH`` included), with a folder's image size and
+    channels taken from ``dataset`` (its :class:`ImageFolderDataset`; built from ``name`` when None)."""
+    cfg = dict(DATASET_CONFIGS[name.split(":")[0]])
+    if name.split(":")[0] == "folder":
+        ds = dataset if dataset is not None else get_dataset(name)
+        cfg.update(image_size=ds.image_size, channels=ds.channels)
+    return cfg
 
 
 def _torchvision(name: str):
@@ -157,7 +221,7 @@ def get_dataset(name: str, root: Optional[str] = None, train: bool = True, image
             | ``folder:PATH`` (or ``folder`` with ``root``).
         root: directory holding the torchvision dataset files (or the images).
         train: training split.
-        image_size: resize target (default: ``DATASET_CONFIGS[name]``).
+        image_size: resize target (default: ``DATASET_CONFIGS[name]``; ``folder``: the files' size).
         random_flip: random horizontal flips (torchvision datasets; default as the reference).
         download: let torchvision download missing files (never by default).
     """
@@ -176,7 +240,7 @@ def get_dataset(name: str, root: Optional[str] = None, train: bool = True, image
         folder = path or root
         if not folder:
             raise ValueError("data: 'folder' needs a path: folder:PATH or root=PATH")
-        return ImageFolderDataset(folder, size, cfg["channels"])
+        return ImageFolderDataset(folder, image_size)      # shape from the files unless image_size is given
     if root is None:
         raise ValueError(f"root: {name!r} needs root= (the directory holding its files)")
     if not download and not os.path.isdir(root):

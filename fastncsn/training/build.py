@@ -108,9 +108,10 @@ def _processes(batch_size: int, device) -> tuple:
 
 def load_data(data, root: Optional[str]) -> tuple:
     """``(dataset, name, config with image_size and channels)`` for a dataset name or a Dataset."""
-    from ..data import DATASET_CONFIGS, get_dataset
+    from ..data import dataset_config, get_dataset
     if isinstance(data, str):
-        return get_dataset(data, root=root, train=True), data, DATASET_CONFIGS[data.split(":")[0]]
+        ds = get_dataset(data, root=root, train=True)
+        return ds, data, dataset_config(data, ds)          # a folder's shape is its files'
     img = data[0][0]
     return data, type(data).__name__, dict(image_size=int(img.shape[-1]), channels=int(img.shape[0]))
 
