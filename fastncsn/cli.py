@@ -81,8 +81,8 @@ def check_picture(flag: str, n: int, shape, scale: int, nrow: Optional[int] = No
 # ----------------------------------------------------------------------------- subcommands
 
 def _cmd_sample(a) -> None:
-    from .sampling import SamplerSettings, SamplingDivergedError
-    from .sampling.api import sample
+    from .sampling import SamplingDivergedError
+    from .sampling.api import plan, sample
     from .sampling.core import check_backend
     t0 = time.time()
     device = _device(a.device)
@@ -110,8 +110,13 @@ def _cmd_sample(a) -> None:
     if a.precision == "bf16" and not fast:
         raise CLIError("--precision: bf16 runs on the fast CUDA-graph sampler only; the reference sampler "
                        "(--no-fast, or any CPU device) is fp32")
-    settings = SamplerSettings.resolve(model, steps_per_level=a.steps_per_level)
-    T, shape = settings.steps_per_level, tuple(model.data_shape)
+    # the sampler's plan, checked before any sampling (a sampler that cannot run here: one line)
+    the_plan = plan(model, sampler=a.sampler, steps_per_level=a.steps_per_level, eps=a.eps,
+                    step_convention=a.step_convention, denoise=a.denoise)
+    if want_snaps and the_plan.sampler != "ald":
+        raise CLIError(f"--sampler: --strip and --gif show annealed Langevin's levels; sampler "
+                       f"{the_plan.sampler!r} has no per-level snapshots here (use --sampler ald)")
+    T, shape = (len(the_plan.levels[0]) if the_plan.levels else 1), tuple(model.data_shape)
     if len(shape) == 3:                 # the pictures' size, before any sampling
         check_picture("--out", a.n, shape, a.scale)
         levels = int(model.sigmas.numel())
@@ -121,7 +126,7 @@ def _cmd_sample(a) -> None:
             check_picture("--gif", min(a.n, 8), shape, a.scale)
     kwargs = dict(n=a.n, seed=a.seed, steps_per_level=a.steps_per_level, eps=a.eps, step_convention=a.step_convention,
                   denoise=a.denoise, progress=not a.quiet, backend=a.backend, batch_size=a.batch_size,
-                  fast=fast, precision=a.precision)
+                  fast=fast, precision=a.precision, sampler=the_plan.sampler)
     try:
         if want_snaps:
             x, snaps = sample(model, snapshot_every=T, **kwargs)
@@ -148,7 +153,8 @@ def _cmd_sample(a) -> None:
         if a.gif:
             save_gif(list(frames) + [x[:k]], a.gif, scale=a.scale)
             written.append(a.gif)
-    print(f"fastncsn: {a.n} samples in {time.time() - t0:.1f} s -> {', '.join(written)}")
+    print(f"fastncsn: {a.n} samples in {time.time() - t0:.1f} s (sampler {the_plan.sampler}, NFE {the_plan.nfe} "
+          f"per sample) -> {', '.join(written)}")
 
 
 #: Python argument names -> the commands' flags: a ValueError (or CheckpointError, FileNotFoundError) from the
@@ -157,7 +163,7 @@ _ARG_FLAGS = {"fast": "--fast", "precision": "--precision", "compile": "--compil
               "keep_last": "--keep-last", "out_dir": "--out", "allow_changed_settings": "--allow-changed-settings",
               "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "checkpoint_every": "--checkpoint-every",
               "steps_per_level": "--steps-per-level", "eps": "--eps", "step_convention": "--step-convention",
-              "seed": "--seed", "device": "--device", "backend": "--backend", "n": "--n",
+              "seed": "--seed", "device": "--device", "backend": "--backend", "n": "--n", "sampler": "--sampler",
               "ngf": "--ngf", "L": "--num-levels", "num_levels": "--num-levels", "sigma_1": "--sigma-1",
               "sigma_L": "--sigma-L", "root": "--root", "data": "--data", "ema_rate": "--ema",
               "tensorboard_dir": "--tensorboard", "checkpoint": "--checkpoint", "ref": "--ref", "npz": "--npz",
@@ -380,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``fastncsn`` parser: every value-taking flag is checked by its ``type=`` from :mod:`fastncsn.flags`
     (or its ``choices``) while the command line is parsed, before any work."""
     from .schedules import SCHEDULES
+    from .sampling.core import SAMPLERS
     F = flags
     p = Parser(prog="fastncsn", description="Noise Conditional Score Networks: sample, train, inpaint, inspect "
                "noise schedules, FID.")
@@ -390,8 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=F.existing_file, help="checkpoint path (default: the bundled digits model)")
     s.add_argument("--n", type=F.count, default=16, help="number of samples")
     s.add_argument("--seed", type=F.seed, default=0, help="seed of the samples (sample k depends on it and k only)")
-    s.add_argument("--steps-per-level", type=F.count, help="T, Langevin steps per noise level (default: the model's)")
-    s.add_argument("--eps", type=F.positive, help="step size in --step-convention (default: the model's)")
+    s.add_argument("--sampler", choices=list(SAMPLERS),
+                   help="ald: annealed Langevin (NCSN); cas: consistent annealed sampling; pc: predictor-corrector; "
+                        "heun: Heun's ODE steps on the ladder (default: the model's, else ald; README: samplers)")
+    s.add_argument("--steps-per-level", type=F.count, help="T, steps per noise level: ald -- Langevin steps, cas -- "
+                   "steps, pc -- corrector steps, heun -- 1 (default: the model's, else the sampler's)")
+    s.add_argument("--eps", type=F.positive, help="step size in --step-convention; cas: eta (default: the model's, "
+                   "else the sampler's)")
     s.add_argument("--step-convention", choices=["paper", "reference", "snr"],
                    help="meaning of --eps (README: step-size conventions; default: the model's)")
     s.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,

@@ -84,10 +84,18 @@ def test_sample_bad_args():
 
 
 def test_sample_generator_instead_of_seed():
+    """noise='batch' (the releases' streams) draws from the generator as from a seeded one; the per-sample
+    streams (default) take their seed from the generator: the same generator state, the same samples, and
+    the generator advances (the next call draws new samples)."""
     model = ToyScoreNet(num_levels=3)
-    a = fastncsn.sample(model, n=4, steps_per_level=3, progress=False, generator=torch.Generator().manual_seed(5))
-    b = fastncsn.sample(model, n=4, steps_per_level=3, progress=False, seed=5)
+    kw = dict(n=4, steps_per_level=3, progress=False)
+    a = fastncsn.sample(model, generator=torch.Generator().manual_seed(5), noise="batch", **kw)
+    b = fastncsn.sample(model, seed=5, noise="batch", **kw)
     assert torch.equal(a, b)
+    g = torch.Generator().manual_seed(5)
+    c = fastncsn.sample(model, generator=g, **kw)
+    assert torch.equal(c, fastncsn.sample(model, generator=torch.Generator().manual_seed(5), **kw))
+    assert not torch.equal(c, fastncsn.sample(model, generator=g, **kw))
 
 
 def test_sample_toy_defaults_recover_mixture_weights():

@@ -215,7 +215,12 @@ def test_api_fast_path_on_cpu():
     a = fastncsn.sample(model, n=3, steps_per_level=1, seed=5, fast=True, precision="fp32", batch_size=2)
     b = fastncsn.sample(model, n=3, steps_per_level=1, seed=5, fast=True, precision="fp32", batch_size=2)
     assert torch.equal(a, b) and a.shape == (3, 1, 8, 8)
-    # fast=True is GraphSampler with the api's starting points (drawn from the seed's generator)
+    # fast=True is GraphSampler with per-sample noise (its own starting points: the same as the api's)
+    gs = GraphSampler(model, 2, steps_per_level=1, precision="fp32", use_graphs=False, noise="per_sample")
+    assert torch.equal(a, gs.sample(3, seed=5))
+    # noise="batch": GraphSampler's batch-wide stream with the api's starting points (the seed's generator)
+    a = fastncsn.sample(model, n=3, steps_per_level=1, seed=5, fast=True, precision="fp32", batch_size=2,
+                        noise="batch")
     x0 = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     gs = GraphSampler(model, 2, steps_per_level=1, precision="fp32", use_graphs=False)
     assert torch.equal(a, gs.sample(3, seed=5, x0=x0))
@@ -303,11 +308,11 @@ def test_two_process_gloo_gathers_seeded_shards(tmp_path):
     got = torch.load(out)
     torch.manual_seed(0)
     model = ToyScoreNet(num_levels=3, hidden=16)
-    by_hand = [fastncsn.sample(model, n=m, seed=shard_seed(3, r), steps_per_level=2, fast=True)
-               for r, m in enumerate(shard_sizes(5, 2))]
+    # per-sample streams: the two processes' gathered shards are the one-process run (the same noise; the
+    # MLP's matmuls round differently at batch 3 and 5 -- 6e-8 measured -- hence fp32 tolerances)
+    one = fastncsn.sample(model, n=5, seed=3, steps_per_level=2, fast=True)
     assert got.shape == (5, 2)
-    assert not torch.allclose(by_hand[0][:2], by_hand[1])   # the shards differ
-    torch.testing.assert_close(got, torch.cat(by_hand), rtol=0, atol=0)
+    torch.testing.assert_close(got, one, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- GPU

@@ -6,11 +6,23 @@ from typing import Optional
 import torch
 
 from ..devices import check_device
-from .core import (SamplerSettings, check_backend, check_count, check_finite, check_model_levels, chunks, eval_mode,
-                   init_samples, make_generator, model_device, resolve_model, use_backend)
+from .core import (NOISE_MODES, SamplerSettings, check_backend, check_count, check_finite, check_mask,
+                   check_model_levels, check_seed, chunks, eval_mode, init_samples, make_generator, model_device,
+                   resolve_model, use_backend)
 from .langevin import annealed_langevin
+from .rules import Plan, build_plan, init_rows, run_plan
 
-__all__ = ["sample"]
+__all__ = ["sample", "plan"]
+
+
+def plan(model=None, sampler: Optional[str] = None, sigmas=None, **settings) -> Plan:
+    """The :class:`~fastncsn.sampling.rules.Plan` ``sample(model, sampler=..., **settings)`` runs (its
+    ``nfe``: network evaluations per sample), checked like :func:`sample` checks it, without sampling."""
+    model = resolve_model(model)
+    s = SamplerSettings.resolve(model, sampler=sampler, **settings)
+    if sigmas is not None:
+        check_model_levels(sigmas, model)
+    return build_plan(s, model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32), model)
 
 
 @torch.no_grad()
@@ -20,8 +32,10 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
            denoise: Optional[bool] = None, mask: Optional[torch.Tensor] = None, known: Optional[torch.Tensor] = None,
            progress=True, backend: Optional[str] = None, snapshot_every: int = 0,
            batch_size: Optional[int] = None, clamp: Optional[tuple] = None, fast: Optional[bool] = None,
-           precision: Optional[str] = None):
-    """Draw ``n`` samples from a score model with annealed Langevin dynamics (NCSN paper, Algorithm 1).
+           precision: Optional[str] = None, sampler: Optional[str] = None, noise: Optional[str] = None,
+           first_index: int = 0):
+    """Draw ``n`` samples from a score model with one of the samplers of :mod:`fastncsn.sampling.rules`
+    (default: the model's, else annealed Langevin dynamics, NCSN paper Algorithm 1).
 
     Args:
         model: a fastncsn score model, a checkpoint path, or ``None`` for the
@@ -52,6 +66,15 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
             ``None``: fast on CUDA devices.  Both take the same settings.
         precision: the graph sampler's network precision, ``"bf16"`` or
             ``"fp32"`` (``None``: bf16 where supported); the reference loop is fp32.
+        sampler: ``"ald"`` | ``"cas"`` | ``"pc"`` | ``"heun"`` (:data:`~fastncsn.sampling.core.SAMPLERS`;
+            ``None``: the model's ``sampling_defaults["sampler"]``, else ``"ald"``); each takes its row of
+            :data:`~fastncsn.sampling.core.SAMPLER_DEFAULTS` for the settings not given.
+            :func:`plan` tells its NFE.
+        noise: ``"per_sample"`` (default: sample ``k`` depends on ``seed`` and ``k`` only, whatever ``n``,
+            ``batch_size`` or the number of processes) or ``"batch"`` (``sampler="ald"`` only: the
+            batch-wide streams of earlier releases, reproducing their samples).
+        first_index: the index of the first sample (``per_sample`` noise): sample ``first_index + k``
+            of the run is returned in row ``k`` (a process of a sharded run passes its first index).
 
     Returns:
         ``[n, *model.data_shape]`` samples on ``device`` (``[n, C, H, W]`` for
@@ -77,26 +100,54 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
     check_count(n, "n")
     if batch_size is not None:
         check_count(batch_size, "batch_size")
-    settings = SamplerSettings.resolve(model, eps=eps, steps_per_level=steps_per_level,
+    settings = SamplerSettings.resolve(model, sampler=sampler, eps=eps, steps_per_level=steps_per_level,
                                        step_convention=step_convention, init=init, denoise=denoise, clamp=clamp,
                                        snapshot_every=snapshot_every)
+    noise = "per_sample" if noise is None else noise
+    if noise not in NOISE_MODES:
+        raise ValueError(f"noise: expected one of {NOISE_MODES}, got {noise!r}")
+    if noise == "batch" and settings.sampler != "ald":
+        raise ValueError(f"noise: 'batch' reproduces the streams of sampler 'ald' only, got sampler "
+                         f"{settings.sampler!r}")
+    check_count(first_index, "first_index", minimum=0)
+    if first_index and noise == "batch":
+        raise ValueError("first_index: needs noise='per_sample'")
     device = device if device is not None else model_device(model)
     check_backend(backend, device)
     if sigmas is not None:
         check_model_levels(sigmas, model)
+    the_plan = build_plan(settings, model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32),
+                          model)
+    if settings.sampler == "heun" and (mask is not None or known is not None):
+        raise ValueError("mask: inpainting is not supported with sampler 'heun' (an ODE)")
     model = model.to(device)
     fast = device.type == "cuda" if fast is None else fast
     if not fast and precision not in (None, "fp32"):
         raise ValueError(f"precision: the reference sampler (fast=False) runs in fp32, got {precision!r}")
     sigmas = (model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32)).to(device)
-    g = make_generator(None if generator is not None else seed, generator, device)
-    x0 = _initial(model, settings, n, sigmas, g, device)
+    if noise == "batch":   # the releases' streams, on their code paths
+        g = make_generator(None if generator is not None else seed, generator, device)
+        x0 = _initial(model, settings, n, sigmas, g, device)
+        mask, known = _inpainting(mask, known, device)
+        with use_backend(model, backend), eval_mode(model):
+            if fast:
+                return _sample_graph(model, settings, x0, sigmas, g, seed, generator, batch_size, mask, known,
+                                     precision, device, noise)
+            return _sample_reference(model, settings, x0, sigmas, g, batch_size, mask, known, progress)
+    if generator is not None:   # (takes precedence over seed, as for noise='batch')
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+    elif seed is None:
+        seed = int(torch.randint(0, 2 ** 62, (1,)))
+    check_seed(seed)
+    low, high = settings.init_range
+    x0 = init_rows((n, *tuple(model.data_shape)), settings.init, seed, first_index, sigma=float(sigmas[0]),
+                   low=low, high=high, device=device)
     mask, known = _inpainting(mask, known, device)
     with use_backend(model, backend), eval_mode(model):
         if fast:
-            return _sample_graph(model, settings, x0, sigmas, g, seed, generator, batch_size, mask, known,
-                                 precision, device)
-        return _sample_reference(model, settings, x0, sigmas, g, batch_size, mask, known, progress)
+            return _sample_graph(model, settings, x0, sigmas, None, seed, None, batch_size, mask, known,
+                                 precision, device, noise, first_index)
+        return _sample_plan(model, the_plan, settings, x0, seed, first_index, batch_size, mask, known, progress)
 
 
 def _initial(model, settings: SamplerSettings, n: int, sigmas, g, device) -> torch.Tensor:
@@ -123,32 +174,51 @@ def _rows(t: Optional[torch.Tensor], start: int, m: int, sample_dims: int) -> Op
     return t[start:start + m]
 
 
-def _sample_reference(model, settings: SamplerSettings, x0, sigmas, g, batch_size, mask, known, progress: bool):
-    """The reference executor: :func:`annealed_langevin` chunk by chunk."""
+def _chunked(run_chunk, x0, batch_size, snapshot_every: int):
+    """``run_chunk(start, m)`` over the chunks of ``x0``, outputs (and snapshots) concatenated."""
     outs, snaps = [], []
-    sample_dims = x0.dim() - 1
     for start, m in chunks(x0.shape[0], batch_size):
-        out = annealed_langevin(model, x0[start:start + m], sigmas, eps=settings.eps,
-                                steps_per_level=settings.steps_per_level, generator=g, denoise=settings.denoise,
-                                step_convention=settings.step_convention, mask=_rows(mask, start, m, sample_dims),
-                                known=_rows(known, start, m, sample_dims), clamp=settings.clamp,
-                                snapshot_every=settings.snapshot_every, progress=progress)
-        if settings.snapshot_every:
+        out = run_chunk(start, m)
+        if snapshot_every:
             out, s = out
             snaps.append(s)
         outs.append(out)
     x = torch.cat(outs)
-    return (x, torch.cat(snaps, dim=1)) if settings.snapshot_every else x
+    return (x, torch.cat(snaps, dim=1)) if snapshot_every else x
+
+
+def _sample_reference(model, settings: SamplerSettings, x0, sigmas, g, batch_size, mask, known, progress: bool):
+    """The releases' reference executor (``noise="batch"``): :func:`annealed_langevin` chunk by chunk."""
+    sample_dims = x0.dim() - 1
+    return _chunked(lambda start, m: annealed_langevin(
+        model, x0[start:start + m], sigmas, eps=settings.eps, steps_per_level=settings.steps_per_level, generator=g,
+        denoise=settings.denoise, step_convention=settings.step_convention, mask=_rows(mask, start, m, sample_dims),
+        known=_rows(known, start, m, sample_dims), clamp=settings.clamp, snapshot_every=settings.snapshot_every,
+        progress=progress), x0, batch_size, settings.snapshot_every)
+
+
+def _sample_plan(model, the_plan: Plan, settings: SamplerSettings, x0, seed, first_index, batch_size, mask, known,
+                 progress):
+    """The reference executor of a plan: :func:`~fastncsn.sampling.rules.run_plan` chunk by chunk."""
+    sample_dims = x0.dim() - 1
+    if mask is not None:
+        mask, known = check_mask(mask, known, x0)
+    return _chunked(lambda start, m: run_plan(
+        the_plan, model, x0[start:start + m], seed, first_row=first_index + start,
+        mask=_rows(mask, start, m, sample_dims), known=_rows(known, start, m, sample_dims), clamp=settings.clamp,
+        snapshot_every=settings.snapshot_every, progress=progress), x0, batch_size, settings.snapshot_every)
 
 
 def _sample_graph(model, settings: SamplerSettings, x0, sigmas, g, seed, generator, batch_size, mask, known,
-                  precision, device):
+                  precision, device, noise="batch", first_index=0):
     """The graph executor: a cached :class:`GraphSampler` with the same settings."""
     from .graphs import get_graph_sampler
     sampler = get_graph_sampler(model, batch_size or x0.shape[0], sigmas=sigmas, precision=precision, backend=None,
-                                device=device, **{f: getattr(settings, f) for f in (
-                                    "eps", "steps_per_level", "step_convention", "init", "init_range",
+                                device=device, noise=noise, **{f: getattr(settings, f) for f in (
+                                    "sampler", "eps", "steps_per_level", "step_convention", "init", "init_range",
                                     "denoise", "clamp", "snapshot_every")})
     if generator is not None:  # the Philox seed of the steps comes from the generator too
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=g, device=g.device))
-    return sampler.sample(x0.shape[0], seed=seed, x0=x0, mask=mask, known=known)
+    if noise == "batch":
+        return sampler.sample(x0.shape[0], seed=seed, x0=x0, mask=mask, known=known)
+    return sampler.sample(x0.shape[0], seed=seed, x0=x0, mask=mask, known=known, first_index=first_index)

@@ -40,7 +40,8 @@ import torch
 from ..schedules import validate_sigmas
 
 __all__ = [
-    "NCSN_SAMPLING", "STEP_CONVENTIONS", "INITS", "SamplerSettings", "step_sizes", "make_generator", "randn",
+    "NCSN_SAMPLING", "SAMPLERS", "SAMPLER_DEFAULTS", "NOISE_MODES", "STEP_CONVENTIONS", "INITS", "SamplerSettings",
+    "step_sizes", "make_generator", "randn",
     "init_samples", "check_batch", "check_mask", "check_count", "check_clamp", "check_eps", "check_seed", "Snapshots",
     "chunks", "progress_bar", "resolve_model", "model_device", "eval_mode", "use_backend",
     "SamplingDivergedError", "check_finite", "check_finite_level", "check_model_levels", "check_backend",
@@ -54,6 +55,26 @@ INITS = ("uniform", "gaussian")
 #: The one defaults table of every sampler in the package.
 NCSN_SAMPLING = dict(eps=2e-5, steps_per_level=100, step_convention="reference", init="uniform",
                      init_range=(0.0, 1.0), denoise=False, clamp=None)
+
+#: the samplers (:mod:`fastncsn.sampling.rules`): annealed Langevin, consistent annealed sampling,
+#: predictor-corrector, Heun in sigma
+SAMPLERS = ("ald", "cas", "pc", "heun")
+#: the defaults table extended per sampler: what each sampler changes in :data:`NCSN_SAMPLING`
+#: (``eps`` means: ald -- the step size in ``step_convention``; cas -- eta of Jolicoeur-Martineau et al.
+#: 2020; pc -- the corrector's step in ``step_convention`` (snr 0.16: score SDE's VE setting); heun --
+#: unused).  ``steps_per_level``: ald -- T; cas -- steps per level; pc -- corrector steps per level;
+#: heun -- 1 (level to level).  The samplers that assume level-i noise start from N(0, sigma_1^2).
+SAMPLER_DEFAULTS = {
+    "ald": dict(),
+    "cas": dict(eps=0.75, steps_per_level=1, init="gaussian", denoise=True),
+    "pc": dict(eps=0.16, step_convention="snr", steps_per_level=1, init="gaussian", denoise=True),
+    "heun": dict(steps_per_level=1, init="gaussian", denoise=True),
+}
+#: noise streams: "per_sample" -- sample k's noise is keyed by (seed, k) (:func:`fastncsn.sampling.rules.noise_rows`);
+#: "batch" -- the batch-wide streams of the releases before the sampler plans (``ald`` only: reproduces them)
+NOISE_MODES = ("per_sample", "batch")
+#: settings of a model's ``sampling_defaults`` that describe the data, taken whatever the sampler
+_DATA_SETTINGS = ("init_range", "clamp")
 
 
 # ---------------------------------------------------------------------------- validation
@@ -219,8 +240,11 @@ class SamplerSettings:
     denoise: bool = NCSN_SAMPLING["denoise"]
     clamp: Optional[tuple] = NCSN_SAMPLING["clamp"]
     snapshot_every: int = 0
+    sampler: str = "ald"
 
     def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
         check_eps(self.eps)
         check_count(self.steps_per_level, "steps_per_level")
         if self.step_convention not in STEP_CONVENTIONS:
@@ -238,16 +262,25 @@ class SamplerSettings:
         check_count(self.snapshot_every, "snapshot_every", minimum=0)
 
     @classmethod
-    def resolve(cls, model=None, **overrides) -> "SamplerSettings":
-        """:data:`NCSN_SAMPLING`, then ``model.sampling_defaults`` (if any), then the non-``None`` ``overrides``."""
+    def resolve(cls, model=None, sampler: Optional[str] = None, **overrides) -> "SamplerSettings":
+        """:data:`NCSN_SAMPLING`, then the sampler's row of :data:`SAMPLER_DEFAULTS`, then
+        ``model.sampling_defaults`` (if any: all of it when it is for this sampler -- its ``sampler`` key,
+        default ``"ald"`` -- else only its data settings ``init_range`` and ``clamp``), then the
+        non-``None`` ``overrides``.  ``sampler=None``: the model's sampler, else ``"ald"``."""
+        model_defaults = dict(getattr(model, "sampling_defaults", None) or {})
+        own = model_defaults.pop("sampler", "ald")
+        sampler = own if sampler is None else sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
         values = dict(NCSN_SAMPLING)
-        model_defaults = getattr(model, "sampling_defaults", None) or {}
-        values.update({k: v for k, v in model_defaults.items() if k in values})
+        values.update(SAMPLER_DEFAULTS[sampler])
+        values.update({k: v for k, v in model_defaults.items()
+                       if k in values and (sampler == own or k in _DATA_SETTINGS)})
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown sampler setting(s): {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(sampler=sampler, **values)
 
     def step_sizes(self, sigmas) -> torch.Tensor:
         """Algorithm 1's ``alpha_i`` (float64 ``[L]``) for these settings."""

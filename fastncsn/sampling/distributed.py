@@ -4,10 +4,12 @@ Run, for example, ``torchrun --nproc_per_node 8 my_script.py`` with::
 
     x = fastncsn.sampling.sample_distributed(model, n=50_000, seed=0)   # [n, ...] on rank 0, None elsewhere
 
-Rank ``r`` of ``W`` draws ``shard_sizes(n, W)[r]`` samples with
-``fastncsn.sample(..., seed=shard_seed(seed, r))`` (the CUDA-graph sampler on a
-GPU), so the shards are independent and the result depends only on ``(n, seed,
-W)`` and the sampler settings -- any shard can be re-drawn alone by hand.
+Rank ``r`` of ``W`` draws ``shard_sizes(n, W)[r]`` samples: with the per-sample noise streams
+(the default) samples ``first .. first + m - 1`` of the run,
+``fastncsn.sample(..., seed=seed, first_index=first)``, so the result is the same for every
+``W`` (one process or many) and any shard can be re-drawn alone by hand; with
+``noise="batch"`` (the releases' streams) ``fastncsn.sample(..., seed=shard_seed(seed, r))``,
+which depends on ``W``.
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ def sample_distributed(model, n: int, seed: int = 0, *, group=None, all_ranks: b
     Args:
         model: as for :func:`fastncsn.sample` (the same weights on every rank).
         n: total number of samples.
-        seed: the run's seed; rank ``r`` samples with ``shard_seed(seed, r)``.
+        seed: the run's seed; rank ``r`` draws the run's samples from ``sum(shard_sizes(n, W)[:r])`` on
+            (with ``noise="batch"``: its own seed ``shard_seed(seed, r)``).
         group: process group (default: the world; joined from torchrun's
             environment if no group exists yet).  Without torch.distributed
             this is a one-process world.
@@ -81,7 +84,7 @@ def sample_distributed(model, n: int, seed: int = 0, *, group=None, all_ranks: b
         rank 0 (every rank with ``all_ranks``), ``None`` on the other ranks.
     """
     import torch.distributed as dist
-    for name in ("snapshot_every", "generator"):
+    for name in ("snapshot_every", "generator", "first_index"):
         if sample_kwargs.get(name):
             raise ValueError(f"{name}: not supported by sample_distributed")
     if dist.is_available():
@@ -96,7 +99,10 @@ def sample_distributed(model, n: int, seed: int = 0, *, group=None, all_ranks: b
     sample_kwargs.setdefault("progress", False)
     shape = tuple(model.data_shape)
     if sizes[rank]:
-        x = sample(model, sizes[rank], seed=shard_seed(seed, rank), **sample_kwargs)
+        if sample_kwargs.get("noise") == "batch":
+            x = sample(model, sizes[rank], seed=shard_seed(seed, rank), **sample_kwargs)
+        else:
+            x = sample(model, sizes[rank], seed=seed, first_index=sum(sizes[:rank]), **sample_kwargs)
     else:
         dev = sample_kwargs.get("device") or model_device(model)
         x = torch.empty((0, *shape), device=dev)

@@ -53,8 +53,9 @@ from ..devices import resolve_graph_device
 from ..nn import fused_op_modules
 from ..ops import langevin_noise_counters, langevin_noise_ref
 from ..schedules import validate_sigmas
-from .core import (SamplerSettings, SamplingDivergedError, check_count, check_mask, check_model_levels, check_seed,
-                   chunks, diverged, escape_bound, eval_mode, init_samples, model_device, use_backend)
+from .core import (NOISE_MODES, SamplerSettings, SamplingDivergedError, check_count, check_mask, check_model_levels,
+                   check_seed, chunks, diverged, escape_bound, eval_mode, init_samples, model_device, use_backend)
+from .rules import SLOT_STRIDE, affine_update, build_plan, heun_update, init_rows, noise_rows, row_counters
 from .network_format import LAYOUTS, WEIGHT_MODES, SamplerNetwork
 
 __all__ = ["GraphSampler", "get_graph_sampler", "clear_graph_cache", "capture_graph", "PRECISIONS", "CAPTURE_MODES",
@@ -122,6 +123,12 @@ class GraphSampler:
         data_shape: shape of one sample (default ``model.data_shape``).
         device: where to sample (default: the model's device).
         warmup: warm-up runs before capture.
+        sampler: ``"ald"`` (default) | ``"cas"`` | ``"pc"`` | ``"heun"``: the step plan
+            (:mod:`fastncsn.sampling.rules`), the same plan :func:`fastncsn.sample`'s reference loop runs.
+        noise: ``"batch"`` (default for ``sampler="ald"``: one Philox stream over the batch, the offset
+            running on across chunks -- the stream of earlier releases) or ``"per_sample"`` (sample ``k``'s
+            noise keyed by ``(seed, k)``: :func:`fastncsn.sampling.rules.noise_rows`; any other sampler).
+            Every plan but ``ald`` with ``"batch"`` noise runs with ``capture="level"`` and ``method="annealed"``.
 
     Attributes ``programs_built`` (step programs built: one per inpainting
     mode) and ``captures`` (CUDA graphs captured) count the work a cache hit saves.
@@ -134,12 +141,24 @@ class GraphSampler:
                  clamp: Optional[tuple] = None, snapshot_every: Optional[int] = None, method: str = "annealed",
                  leapfrog_steps: int = 3, model_levels: Optional[Sequence[int]] = None, init: Optional[str] = None,
                  init_range: Optional[tuple] = None, data_shape: Optional[Sequence[int]] = None, device=None,
-                 warmup: int = 2, layout: Optional[str] = None, weights: str = "autocast"):
+                 warmup: int = 2, layout: Optional[str] = None, weights: str = "autocast",
+                 sampler: str = "ald", noise: Optional[str] = None):
         if not callable(model):
             raise TypeError(f"model: expected a score function model(x, level), got {type(model).__name__}")
         self.settings = SamplerSettings.resolve(
-            eps=eps, steps_per_level=steps_per_level, step_convention=step_convention, init=init,
+            sampler=sampler, eps=eps, steps_per_level=steps_per_level, step_convention=step_convention, init=init,
             init_range=init_range, denoise=denoise, clamp=clamp, snapshot_every=snapshot_every)
+        noise = ("batch" if self.settings.sampler == "ald" else "per_sample") if noise is None else noise
+        if noise not in NOISE_MODES:
+            raise ValueError(f"noise: expected one of {NOISE_MODES}, got {noise!r}")
+        if noise == "batch" and self.settings.sampler != "ald":
+            raise ValueError(f"noise: 'batch' is the stream of sampler 'ald' only, got {self.settings.sampler!r}")
+        self.noise = noise
+        #: the step plan (None: the releases' annealed Langevin loop with the batch-wide stream)
+        self.plan = None if noise == "batch" else True
+        if self.plan and (capture != "level" or method != "annealed"):
+            raise ValueError(f"capture: sampler plans ({self.settings.sampler!r}, noise {noise!r}) run with "
+                             f"capture='level' and method='annealed', got capture={capture!r}, method={method!r}")
         self._check_options(batch_size, capture, method, precision, leapfrog_steps, warmup)
         self.model, self.batch_size, self.backend = model, batch_size, backend
         self.channels_last, self.capture, self.method = channels_last, capture, method
@@ -209,6 +228,16 @@ class GraphSampler:
         self.h_table = self.alpha_table.sqrt()
         self.sigma_table = sig.to(device=dev, dtype=f32)
         self.level_table = torch.tensor(model_levels, dtype=torch.long, device=dev)
+        if self.plan is not None:
+            self.plan = build_plan(self.settings, sig, self.model)
+            t = self.plan.table(dev)
+            lv = torch.tensor(model_levels, dtype=torch.long, device=dev)
+            self.coef_table, self.sigma_loop = t["coef"], t["sigma"]
+            self.level_loop, self.level2_loop = lv[t["level"][:, 0]], lv[t["level2"][:, 0]]
+            self.slot_off_table, self.begin_off_table = t["slot"] * SLOT_STRIDE, t["begin"] * SLOT_STRIDE
+            self._model_levels = model_levels
+            self._final_coefs = {st.slot: torch.tensor(st.coef, dtype=torch.float64).to(dtype=f32, device=dev)
+                                 for st in self.plan.final}
 
     def _data_shape(self, data_shape) -> tuple:
         shape = getattr(self.model, "data_shape", None) if data_shape is None else data_shape
@@ -238,6 +267,19 @@ class GraphSampler:
             self.p = torch.zeros_like(self.x)
         k = self.snapshot_every
         self.num_snapshots = self.num_levels * self.steps_per_level // k if k else 0
+        if self.plan is not None:
+            P = len(self.plan.levels[0]) if self.plan.levels else 1
+            self.coef = torch.zeros((P, 3), device=dev, dtype=f32)
+            self.slot_off = torch.zeros(P, dtype=torch.long, device=dev)
+            self.begin_off = torch.zeros((), dtype=torch.long, device=dev)
+            self.row_base = torch.zeros((), dtype=torch.long, device=dev)
+            self.levels2 = torch.zeros(b, dtype=torch.long, device=dev)
+            self.num_snapshots = self.plan.snapshot_steps // k if k else 0
+            self._row_counters = row_counters(self.x)
+            self._fused_noise = self.x[0].numel() % 4 == 0
+            if any(st.kind == "heun" for lv in self.plan.levels for st in lv):
+                self.xp = torch.zeros_like(self.x)
+                self.score2 = torch.zeros_like(self.x)
         if k:
             # one spare row: the dynamic pattern writes there when a step takes no snapshot
             self.snaps = torch.zeros((self.num_snapshots + 1, b, *shape), device=dev, dtype=f32)
@@ -246,7 +288,7 @@ class GraphSampler:
             self.step_count = torch.zeros(1, dtype=torch.long, device=dev)
         unit = self.steps_per_level if self.capture == "level" else 1
         # the snapshot steps are the same in every replay of a unit iff the unit length is a multiple of k
-        self._static_snaps = bool(k) and unit % k == 0
+        self._static_snaps = bool(k) and unit % k == 0 and self.plan is None
         self._unit_steps, self._units_per_level = unit, self.steps_per_level // unit
 
     # ------------------------------------------------------------------ network format (layout, weights)
@@ -310,6 +352,65 @@ class GraphSampler:
             self._eval_score()
             self.p.add_(self.h / 2 * self.score)
 
+    # ------------------------------------------------------------------ plan steps (sampler rules)
+
+    def _set_plan_level(self, i: int) -> None:
+        """Switch to loop level ``i`` of the plan: device-to-device copies from the plan's tables."""
+        self.levels.copy_(self.level_loop[i])
+        self.levels2.copy_(self.level2_loop[i])
+        self.coef.copy_(self.coef_table[i])
+        self.slot_off.copy_(self.slot_off_table[i])
+        self.begin_off.copy_(self.begin_off_table[i])
+        self.sigma.copy_(self.sigma_loop[i])
+
+    def _noise_at(self, offset) -> torch.Tensor:
+        self.offset.copy_(self.row_base + offset)
+        return noise_rows(self.seed, self.offset, self.x)
+
+    def _plan_begin(self, offset) -> None:
+        """Inpainting: known pixels <- known + sigma z (the level's slot), as the reference runner."""
+        self.known_i.copy_(self.known + self.sigma * self._noise_at(offset))
+        self.x.copy_(torch.where(self.mask, self.known_i, self.x))
+
+    def _plan_step(self, kind: str, coef, offset, noisy: bool, denoise: bool, inpaint: bool) -> None:
+        """One step of a plan on the static buffers (:mod:`fastncsn.sampling.rules`' updates)."""
+        mask = self.mask if inpaint else None
+        known = (self.known if denoise else self.known_i) if inpaint else None
+        self._eval_score()
+        if kind == "langevin":
+            if self._fused_noise:       # the kernel draws sample k's noise itself (rows of 4k counters)
+                self.offset.copy_(self.row_base + offset)
+                ops.langevin_step_(self.x, self.score, coef[0], self.seed, self.offset, mask=mask, known=known,
+                                   clamp=self.clamp, backend=self.step_backend)
+            else:
+                ops.langevin_step_(self.x, self.score, coef[0], noise=self._noise_at(offset), mask=mask,
+                                   known=known, clamp=self.clamp, backend=self.step_backend)
+        elif kind == "affine":
+            z = self._noise_at(offset) if noisy else None
+            self.x.copy_(affine_update(self.x, self.score, coef[0], coef[1], z, mask, known, self.clamp))
+        else:
+            self.xp.copy_(self.x + coef[0] * self.score)
+            self.score2.copy_(self.net(self.xp, self.levels2))
+            out = heun_update(self.x, self.score, self.score2, coef[1], coef[2])
+            self.x.copy_(torch.where(mask, known, out) if inpaint else out)
+
+    def _plan_unit(self, inpaint: bool) -> None:
+        for j, st in enumerate(self.plan.levels[0]):
+            self._plan_step(st.kind, self.coef[j], self.slot_off[j], st.noisy, False, inpaint)
+            self._snapshot(j)
+
+    def _plan_final(self, inpaint: bool) -> None:
+        plan, lv = self.plan, self._model_levels
+        self.levels.fill_(lv[plan.num_levels - 1])
+        self.sigma.fill_(plan.sigmas[-1])
+        if inpaint and plan.final_needs_begin():
+            self._plan_begin(plan.final_begin_slot * SLOT_STRIDE)
+        for st in plan.final:
+            coef = self._final_coefs[st.slot]
+            self._plan_step(st.kind, coef, st.slot * SLOT_STRIDE, st.noisy, st.denoise, inpaint)
+            if not st.denoise:
+                self._snapshot(0)
+
     def _snapshot(self, t: int) -> None:
         k = self.snapshot_every
         if not k:
@@ -352,11 +453,19 @@ class GraphSampler:
             self.known = torch.zeros_like(self.x)
             self.known_i = torch.zeros_like(self.x)
         bodies = {}
-        if inpaint:
-            bodies["begin"] = self._begin_level
-        bodies["unit"] = lambda: self._unit(inpaint)
-        if self.denoise:
-            bodies["final"] = lambda: self._final(inpaint)
+        if self.plan is not None:
+            if inpaint:
+                bodies["begin"] = lambda: self._plan_begin(self.begin_off)
+            if self.plan.levels:
+                bodies["unit"] = lambda: self._plan_unit(inpaint)
+            if self.plan.final:
+                bodies["final"] = lambda: self._plan_final(inpaint)
+        else:
+            if inpaint:
+                bodies["begin"] = self._begin_level
+            bodies["unit"] = lambda: self._unit(inpaint)
+            if self.denoise:
+                bodies["final"] = lambda: self._final(inpaint)
         prog = self._capture(bodies, inpaint) if self.use_graphs else bodies
         self._programs[inpaint] = prog
         self.programs_built += 1
@@ -372,6 +481,10 @@ class GraphSampler:
         side.wait_stream(main)
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
+                if self.plan is not None:
+                    for fn in bodies.values():
+                        fn()
+                    continue
                 if inpaint:
                     bodies["begin"]()
                 if self.method == "hmc":
@@ -400,6 +513,17 @@ class GraphSampler:
         self.first_bad.copy_(torch.where(bad, self.level_ids[i], self.first_bad))
 
     def _run(self, prog: dict, m: int) -> None:
+        if self.plan is not None:
+            for i in range(len(self.plan.levels)):
+                self._set_plan_level(i)
+                if "begin" in prog:
+                    prog["begin"]()
+                prog["unit"]()
+                self._mark_nonfinite(i, m)
+            if "final" in prog:
+                prog["final"]()
+                self._mark_nonfinite(self.plan.final_level_id, m)
+            return
         for i in range(self.num_levels):
             self._set_level(i)
             if "begin" in prog:
@@ -433,8 +557,12 @@ class GraphSampler:
 
     # ------------------------------------------------------------------ public
 
-    def _initial(self, n: int, seed: int, x0) -> torch.Tensor:
+    def _initial(self, n: int, seed: int, x0, first_index: int = 0) -> torch.Tensor:
         shape = (n, *self.data_shape)
+        if x0 is None and self.plan is not None:
+            lo, hi = self.settings.init_range
+            return init_rows(shape, self.settings.init, seed, first_index, sigma=float(self.sigma_table[0]),
+                             low=lo, high=hi, device=self.device)
         if x0 is None:
             g = torch.Generator(device=self.device)
             g.manual_seed(seed)
@@ -458,7 +586,7 @@ class GraphSampler:
 
     @torch.no_grad()
     def sample(self, n: int, seed: Optional[int] = 0, x0: Optional[torch.Tensor] = None,
-               mask: Optional[torch.Tensor] = None, known: Optional[torch.Tensor] = None):
+               mask: Optional[torch.Tensor] = None, known: Optional[torch.Tensor] = None, first_index: int = 0):
         """Draw ``n`` samples, in chunks of ``batch_size`` replaying the captured program.
 
         Args:
@@ -469,6 +597,8 @@ class GraphSampler:
             x0: optional ``[n, *data_shape]`` starting points.
             mask, known: inpainting -- ``mask`` 1 at known pixels, ``known`` the
                 data there (both broadcastable to ``[n, *data_shape]``).
+            first_index: (``noise="per_sample"``) the global index of the first sample: row ``k`` is
+                sample ``first_index + k`` of the seed's streams.
 
         Returns:
             ``[n, *data_shape]`` fp32 samples on the sampler's device, and the
@@ -483,11 +613,16 @@ class GraphSampler:
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (1,)))
         check_seed(seed)
-        x0 = self._initial(n, seed, x0)
+        check_count(first_index, "first_index", minimum=0)
+        if first_index and self.plan is None:
+            raise ValueError("first_index: needs noise='per_sample'")
+        x0 = self._initial(n, seed, x0, first_index)
         inpaint = mask is not None or known is not None
         if inpaint:
             if self.method == "hmc":
                 raise ValueError("mask: inpainting is not supported with method='hmc'")
+            if self.settings.sampler == "heun":
+                raise ValueError("mask: inpainting is not supported with sampler 'heun' (an ODE)")
             mask, known = check_mask(mask, known, x0)
         out = torch.empty_like(x0)
         snaps = x0.new_empty((self.num_snapshots, n, *self.data_shape)) if self.snapshot_every else None
@@ -499,6 +634,8 @@ class GraphSampler:
             self.first_bad.fill_(-1)
             self._escape = escape_bound(x0, float(self.sigma_table[0]))
             for start, m in chunks(n, self.batch_size):
+                if self.plan is not None:
+                    self.row_base.fill_((first_index + start) * self._row_counters)
                 self._load(self.x, x0[start:start + m])
                 if inpaint:
                     self._load(self.mask, mask.expand_as(x0)[start:start + m])
