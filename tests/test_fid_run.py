@@ -195,6 +195,20 @@ def test_cli_fid_stats_digits_and_npz(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_fid_stats_mnist_defaults_to_mnist_features(tiny_mnist, tmp_path, capsys):
+    from fastncsn.data import mnist_tensor
+    from fastncsn.metrics.extractors import shipped_mnist_classifier
+    assert main(["fid-stats", "--data", "mnist", "--root", tiny_mnist, "--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
+    got, ident = load_stats(tmp_path / "m.pt")
+    assert ident["name"] == "mnist" and ident["file"] == "mnist_classifier.pt" and got.n == 40
+    expected = compute_feature_stats(mnist_tensor(True, tiny_mnist)[0], shipped_mnist_classifier("cpu").features)
+    torch.testing.assert_close(got.mean(), expected.mean(), rtol=1e-9, atol=1e-9)
+    assert "mnist feature statistics of 40 images" in capsys.readouterr().out
+    assert main(["fid-stats", "--data", "mnist", "--root", tiny_mnist, "--extractor", "digits", "--quiet",
+                 "--out", str(tmp_path / "d.pt")]) == 0
+    assert load_stats(tmp_path / "d.pt")[1]["name"] == "digits"
+
+
 def test_cli_fid_runs_and_resumes(files, full_run, tmp_path, capsys):
     result, _ = full_run
     args = ["fid", "--checkpoint", files["ckpt"], "--ref", files["ref"], "--n", str(N), "--shard-size",
