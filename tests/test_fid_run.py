@@ -244,8 +244,12 @@ def test_cli_fid_wrong_extractor_stats_and_bad_ref(files, tmp_path, capsys):
     stats, ident = load_stats(files["ref"])
     save_stats(stats, tmp_path / "other.pt", dict(ident, name="inception"))
     assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(tmp_path / "other.pt"), "--out",
-                 str(tmp_path / "x")]) == 2
+                 str(tmp_path / "x"), "--extractor", "digits"]) == 2
     assert "holds 'inception' features; this run uses extractor 'digits'" in capsys.readouterr().err
+    # without --extractor the statistics' own is used (here inception, which then needs its weights file)
+    assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(tmp_path / "other.pt"), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "--inception-weights: weights_path must be a path to a local file" in capsys.readouterr().err
     assert main(["fid-stats", "--npz", str(tmp_path / "none.npz"), "--out", str(tmp_path / "s.pt")]) == 2
     assert "--npz: expected an existing .npz file" in capsys.readouterr().err
     assert main(["fid-stats", "--data", "digits", "--extractor", "inception", "--out", str(tmp_path / "s.pt")]) == 2
