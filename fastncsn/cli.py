@@ -345,6 +345,9 @@ def _cmd_fid(a) -> int:
     from .metrics.fid_run import default_out_dir, fid_of_checkpoint, finished_shards, num_shards
     checkpoint = a.checkpoint or BUNDLED_PATH
     out = a.out or str(default_out_dir(checkpoint, a.n, a.seed))
+    if a.extractor is None:            # the statistics' own (a file that is no statistics file: --ref's error)
+        from .metrics.fid_run import load_stats
+        a.extractor = str(load_stats(a.ref)[1].get("name"))
     _check_extractor(a)
     if not a.quiet:
         print(f"fastncsn fid: shards and fid.json in {out}", file=sys.stderr)
@@ -373,6 +376,8 @@ def _cmd_fid(a) -> int:
 
 def _cmd_fid_stats(a) -> None:
     from .metrics.fid_run import reference_stats
+    if a.extractor is None:
+        a.extractor = "mnist" if a.data == "mnist" else "digits"
     _check_extractor(a)
     stats = reference_stats(a.npz or a.data, extractor=a.extractor, out=a.out, root=a.root,
                             inception_weights=a.inception_weights, batch_size=a.batch_size, device=a.device,
@@ -526,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=F.seed, default=0, help="seed of the run (shard k: a seed derived from it and k)")
     f.add_argument("--batch-size", type=F.count, help="sampler batch (default: a whole shard)")
     f.add_argument("--shard-size", type=F.count, default=1000, help="samples per shard, the unit of resumption")
-    f.add_argument("--extractor", default="digits", choices=["digits", "inception"],
-                   help="feature extractor (digits: the shipped digits classifier, offline)")
+    f.add_argument("--extractor", choices=["digits", "mnist", "inception"],
+                   help="feature extractor (default: the one the --ref statistics were made with; digits / mnist: "
+                        "the shipped digits / MNIST classifier, offline)")
     f.add_argument("--inception-weights", type=F.existing_file,
                    help="torchvision Inception-v3 weights file (default: none; needed by --extractor inception)")
     f.add_argument("--device", type=F.device, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
@@ -551,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--root", type=F.existing_dir, help="directory of the torchvision dataset files (default: none; "
                    "needed by cifar10; mnist: its idx files or mnist.pkl.gz, else the installed data package)")
     r.add_argument("--out", type=F.output_file("any"), required=True, help="statistics file to write")
-    r.add_argument("--extractor", default="digits", choices=["digits", "inception"], help="feature extractor")
+    r.add_argument("--extractor", choices=["digits", "mnist", "inception"],
+                   help="feature extractor (default: mnist, the shipped MNIST classifier, for --data mnist; else "
+                        "digits, the shipped digits classifier)")
     r.add_argument("--inception-weights", type=F.existing_file,
                    help="torchvision Inception-v3 weights file (default: none; needed by --extractor inception)")
     r.add_argument("--batch-size", type=F.count, default=256, help="images per extractor call")

@@ -212,12 +212,16 @@ def _pickle_split(blob, path: str, name: str):
         if x.dtype.kind != "f" or y.dtype.kind not in "iu" or x.ndim != 2 or x.shape[1] != 784:
             raise ValueError(f"{name}: {path!r} holds images {x.dtype} {list(x.shape)}, labels {y.dtype}; expected "
                              "float [N, 784] in [0, 1) and integer labels")
-        if not np.isfinite(x).all() or x.min() < 0 or x.max() >= 1:
-            raise ValueError(f"{name}: {path!r} holds pixel values outside [0, 1)")
-        k = np.rint(x * 256.0)
-        if np.abs(k - x * 256.0).max() > 1e-3:
-            raise ValueError(f"{name}: {path!r} holds pixel values that are not bytes / 256 (the classic file's)")
-        out.append((k.astype(np.uint8).reshape(-1, 28, 28), y.astype(np.int64)))
+        u8 = np.empty(x.shape, np.uint8)
+        for s in range(0, x.shape[0], 4096):   # in blocks: no full-size float temporaries
+            blk = x[s:s + 4096] * 256.0
+            k = np.rint(blk)
+            if not np.isfinite(blk).all() or blk.min() < 0 or blk.max() >= 256:
+                raise ValueError(f"{name}: {path!r} holds pixel values outside [0, 1)")
+            if np.abs(k - blk).max() > 1e-3:
+                raise ValueError(f"{name}: {path!r} holds pixel values that are not bytes / 256 (the classic file's)")
+            u8[s:s + 4096] = k
+        out.append((u8.reshape(-1, 28, 28), y.astype(np.int64)))
     return out
 
 

@@ -49,10 +49,11 @@ SAMPLING = DATASET_SAMPLING["digits"]
 SCORE_N, CLASS_N, SCORE_SEED = 500, 100, 0
 
 
-def train_commands(out: str = "runs/bundled") -> list[list[str]]:
-    """One ``fastncsn train`` command per stage (the later ones resume the first's run directory)."""
-    cmds, flags = [], dict(RECIPE)
-    for i, stage in enumerate(STAGES):
+def train_commands(out: str = "runs/bundled", recipe: dict = None, stages: list = None) -> list[list[str]]:
+    """One ``fastncsn train`` command per stage (the later ones resume the first's run directory); ``recipe``
+    and ``stages`` default to this script's (scripts/train_bundled_mnist.py passes its own)."""
+    cmds, flags = [], dict(RECIPE if recipe is None else recipe)
+    for i, stage in enumerate(STAGES if stages is None else stages):
         flags.update(stage)                          # a stage keeps what the earlier ones set
         cmd = ["fastncsn", "train", "--out", out]
         for k, v in flags.items():
@@ -61,9 +62,9 @@ def train_commands(out: str = "runs/bundled") -> list[list[str]]:
     return cmds
 
 
-def command_lines(out: str = "runs/bundled") -> str:
+def command_lines(out: str = "runs/bundled", recipe: dict = None, stages: list = None) -> str:
     """The stages as one shell line (what the asset's metadata records as ``trained_by``)."""
-    return " && ".join("OMP_NUM_THREADS=1 " + " ".join(c) for c in train_commands(out))
+    return " && ".join("OMP_NUM_THREADS=1 " + " ".join(c) for c in train_commands(out, recipe, stages))
 
 
 def _newest_step(out: str) -> int:
@@ -72,28 +73,34 @@ def _newest_step(out: str) -> int:
     return int(CKPT_REGEX.match(os.path.basename(paths[0])).group(1)) if paths else 0
 
 
-def train(out: str = "runs/bundled") -> None:
+def train(out: str = "runs/bundled", recipe: dict = None, stages: list = None) -> None:
     """Run the stages in order; a stage the run directory has already passed is skipped, so rerunning
-    this after an interruption resumes where it stopped."""
-    for stage, cmd in zip(STAGES, train_commands(out)):
+    this after an interruption resumes where it stopped. ``fastncsn`` runs as ``python -m fastncsn`` from
+    this checkout's root (the package of this checkout, whatever ``fastncsn`` on the PATH points at)."""
+    stages = STAGES if stages is None else stages
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for stage, cmd in zip(stages, train_commands(out, recipe, stages)):
         if _newest_step(out) >= stage["steps"]:
             continue
         print("OMP_NUM_THREADS=1 " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        subprocess.run([sys.executable, "-m"] + cmd, check=True, cwd=root,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
-def score(path: str, n: int = SCORE_N, seed: int = SCORE_SEED) -> dict:
-    """digits-FID of ``n`` samples drawn with the asset's own defaults, and class histograms."""
+def score(path: str, n: int = SCORE_N, seed: int = SCORE_SEED, metric: str = "digits") -> dict:
+    """``metric``-FID (``digits`` or ``mnist``, with that classifier's features and default reference) of ``n``
+    samples drawn with the asset's own defaults, and class histograms (that classifier's labels)."""
     import fastncsn
-    from fastncsn.metrics.extractors import digits_fid, shipped_digits_classifier
+    from fastncsn.metrics import extractors
+    classifier = getattr(extractors, f"shipped_{metric}_classifier")()
     t0 = time.time()
     x = fastncsn.sample(path, n=n, seed=seed, progress=False)
     sample_s = time.time() - t0
     with torch.no_grad():
-        labels = shipped_digits_classifier()(x.clamp(0, 1)).argmax(1)
+        labels = classifier(x.clamp(0, 1)).argmax(1)
     first = torch.bincount(labels[:CLASS_N], minlength=10).tolist()
     return {
-        f"digits_fid_{n}": round(digits_fid(x), 1),
+        f"{metric}_fid_{n}": round(getattr(extractors, f"{metric}_fid")(x), 1 if metric == "digits" else 2),
         f"classes_first_{CLASS_N}": first,
         f"max_class_fraction_first_{CLASS_N}": max(first) / CLASS_N,
         f"classes_all_{n}": torch.bincount(labels, minlength=10).tolist(),
@@ -105,13 +112,9 @@ def score(path: str, n: int = SCORE_N, seed: int = SCORE_SEED) -> dict:
     }
 
 
-def export(src: str, dst: str) -> dict:
-    import fastncsn
-    from fastncsn.checkpoint import load_checkpoint
-    ck = load_checkpoint(src)                       # (read without running code, like every checkpoint)
-    model = fastncsn.load(src)                      # the EMA weights
-    model.sampling_defaults = dict(SAMPLING)
-    extra = {
+def describe(ck: dict) -> dict:
+    """The asset's record of how it was made (``extra`` of the exported file, before its metrics)."""
+    return {
         "trained_by": command_lines() + f" (checkpoint of step {ck['step']}), "
                       "then python scripts/train_bundled_digits.py export (EMA weights)",
         "data": "embedded digits (sklearn load_digits, 1797 images, 28x28)",
@@ -119,8 +122,20 @@ def export(src: str, dst: str) -> dict:
         "stages": [dict(st) for st in STAGES],
         "settings_changes": ck.get("extra", {}).get("settings_changes", []),
     }
+
+
+def export(src: str, dst: str, describe=describe, sampling: dict = None, scorer=score) -> dict:
+    """The EMA weights of checkpoint ``src`` with ``sampling`` defaults (default: this script's) and
+    ``describe(checkpoint)`` as metadata, written to ``dst``; then ``scorer(dst)`` measures the written file and
+    its figures are stored in it too (``extra["metrics"]``)."""
+    import fastncsn
+    from fastncsn.checkpoint import load_checkpoint
+    ck = load_checkpoint(src)                       # (read without running code, like every checkpoint)
+    model = fastncsn.load(src)                      # the EMA weights
+    model.sampling_defaults = dict(SAMPLING if sampling is None else sampling)
+    extra = describe(ck)
     fastncsn.save(model, dst, step=ck["step"], extra=extra)
-    extra["metrics"] = score(dst)
+    extra["metrics"] = scorer(dst)
     fastncsn.save(model, dst, step=ck["step"], extra=extra)
     print(json.dumps(extra["metrics"]))
     return extra["metrics"]

@@ -113,3 +113,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def write_idx(path, array, gz: bool = False) -> None:
+    """``array`` as an idx file of unsigned bytes (MNIST's raw format: magic 0x0000080N, big-endian sizes)."""
+    import gzip
+
+    import numpy as np
+    array = np.asarray(array)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    """A folder holding a tiny MNIST in torchvision's raw layout (``MNIST/raw/*-ubyte.gz``: 40 training, 20 test
+    digits; blobs at a per-class position, so a classifier can tell them apart). Returns the folder."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "tiny_mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        y = np.arange(n) % 10
+        x = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(y):
+            x[i, 4 + 2 * c: 10 + 2 * c, 6:20] = 250
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", x, gz=True)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", y, gz=True)
+    return str(tmp_path / "tiny_mnist")

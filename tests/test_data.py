@@ -148,15 +148,10 @@ import pickle
 
 import numpy as np
 
+from conftest import write_idx
 from fastncsn import data as data_mod
 from fastncsn.data import MNIST_HOWTO, find_mnist, mnist_arrays
 from fastncsn.files import UnsafeFileError, load_numpy_pickle
-
-
-def _write_idx(path, array, gz):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with (gzip.open if gz else open)(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def _tiny(n, seed):
@@ -171,8 +166,8 @@ def test_mnist_idx_files(tmp_path, layout, gz):
     splits = {True: _tiny(5, 0), False: _tiny(3, 1)}
     for train, (x, y) in splits.items():
         img, lab = data_mod._MNIST_IDX[train]
-        _write_idx(str(folder / (img + (".gz" if gz else ""))), x, gz)
-        _write_idx(str(folder / (lab + (".gz" if gz else ""))), y, gz)
+        write_idx(str(folder / (img + (".gz" if gz else ""))), x, gz)
+        write_idx(str(folder / (lab + (".gz" if gz else ""))), y, gz)
     for train, (x, y) in splits.items():
         ds = get_dataset("mnist", root=str(tmp_path), train=train)
         assert len(ds) == x.shape[0]
@@ -276,7 +271,7 @@ def test_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="download: MNIST is read offline only"):
         get_dataset("mnist", download=True)
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") * 3)
-    _write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros(2), False)
+    write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros(2), False)
     with pytest.raises(ValueError, match="root: .*train-images-idx3-ubyte.*header says"):
         get_dataset("mnist", root=str(tmp_path))
 

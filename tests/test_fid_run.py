@@ -195,6 +195,20 @@ def test_cli_fid_stats_digits_and_npz(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_fid_stats_mnist_defaults_to_mnist_features(tiny_mnist, tmp_path, capsys):
+    from fastncsn.data import mnist_tensor
+    from fastncsn.metrics.extractors import shipped_mnist_classifier
+    assert main(["fid-stats", "--data", "mnist", "--root", tiny_mnist, "--out", str(tmp_path / "m.pt"), "--quiet"]) == 0
+    got, ident = load_stats(tmp_path / "m.pt")
+    assert ident["name"] == "mnist" and ident["file"] == "mnist_classifier.pt" and got.n == 40
+    expected = compute_feature_stats(mnist_tensor(True, tiny_mnist)[0], shipped_mnist_classifier("cpu").features)
+    torch.testing.assert_close(got.mean(), expected.mean(), rtol=1e-9, atol=1e-9)
+    assert "mnist feature statistics of 40 images" in capsys.readouterr().out
+    assert main(["fid-stats", "--data", "mnist", "--root", tiny_mnist, "--extractor", "digits", "--quiet",
+                 "--out", str(tmp_path / "d.pt")]) == 0
+    assert load_stats(tmp_path / "d.pt")[1]["name"] == "digits"
+
+
 def test_cli_fid_runs_and_resumes(files, full_run, tmp_path, capsys):
     result, _ = full_run
     args = ["fid", "--checkpoint", files["ckpt"], "--ref", files["ref"], "--n", str(N), "--shard-size",
@@ -230,8 +244,12 @@ def test_cli_fid_wrong_extractor_stats_and_bad_ref(files, tmp_path, capsys):
     stats, ident = load_stats(files["ref"])
     save_stats(stats, tmp_path / "other.pt", dict(ident, name="inception"))
     assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(tmp_path / "other.pt"), "--out",
-                 str(tmp_path / "x")]) == 2
+                 str(tmp_path / "x"), "--extractor", "digits"]) == 2
     assert "holds 'inception' features; this run uses extractor 'digits'" in capsys.readouterr().err
+    # without --extractor the statistics' own is used (here inception, which then needs its weights file)
+    assert main(["fid", "--checkpoint", files["ckpt"], "--ref", str(tmp_path / "other.pt"), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "--inception-weights: weights_path must be a path to a local file" in capsys.readouterr().err
     assert main(["fid-stats", "--npz", str(tmp_path / "none.npz"), "--out", str(tmp_path / "s.pt")]) == 2
     assert "--npz: expected an existing .npz file" in capsys.readouterr().err
     assert main(["fid-stats", "--data", "digits", "--extractor", "inception", "--out", str(tmp_path / "s.pt")]) == 2

@@ -252,9 +252,52 @@ def test_digits_fid_separates_digits_from_noise():
     assert M.digits_fid(test_x) < 0.05 * M.digits_fid(noise)
 
 
+# --------------------------------------------------------------------------- MNIST classifier
+def test_mnist_classifier_asset_is_packaged_small_and_safe():
+    from fastncsn.files import safe_torch_load
+    assert M.MNIST_CLASSIFIER_PATH.parent == M.DIGITS_CLASSIFIER_PATH.parent
+    assert M.MNIST_CLASSIFIER_PATH.is_file() and M.MNIST_CLASSIFIER_PATH.stat().st_size <= 300 * 1024
+    blob = safe_torch_load(M.MNIST_CLASSIFIER_PATH)            # weights_only=True, no extra globals needed
+    meta = blob["metadata"]
+    assert meta["data"] == "mnist" and meta["num_train"] == 60000 and meta["num_test"] == 10000
+    assert meta["test_accuracy"] >= 0.98 and "--train-mnist-classifier" in meta["command"]
+    model = M.load_mnist_classifier()
+    assert model.metadata == meta and not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.skipif(not __import__("fastncsn.data", fromlist=["x"])._mnist_package_file(),
+                    reason="the MNIST data package is not installed")
+def test_mnist_classifier_test_accuracy_is_real():
+    from fastncsn.data import mnist_tensor
+    x, y = mnist_tensor(False)
+    model = M.shipped_mnist_classifier()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).double().mean().item()
+    assert acc == pytest.approx(model.metadata["test_accuracy"], abs=1e-4)   # the recorded figure is this one
+
+
+def test_train_mnist_classifier_on_tiny_files(tiny_mnist, one_thread):
+    model = M.train_mnist_classifier(steps=30, batch_size=16, lr=5e-3, root=tiny_mnist)
+    meta = model.metadata
+    assert meta["num_train"] == 40 and meta["num_test"] == 20 and meta["steps"] == 30
+    assert meta["test_accuracy"] == meta["heldout_accuracy"] and meta["test_accuracy"] >= 0.5  # blobs are easy
+    assert not model.training
+
+
+def test_mnist_fid_separates_digits_from_noise(tiny_mnist):
+    from fastncsn.data import mnist_tensor
+    train_x, _ = mnist_tensor(True, tiny_mnist)
+    test_x, _ = mnist_tensor(False, tiny_mnist)
+    noise = torch.rand(test_x.shape[0], 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert M.mnist_fid(test_x, reference=train_x) < 0.2 * M.mnist_fid(noise, reference=train_x)
+
+
 def test_metrics_command_without_action_prints_help(capsys):
     assert metrics_main([]) == 2  # python -m fastncsn.metrics: nothing asked, usage and status 2
-    assert "--train-digits-classifier" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--train-digits-classifier" in out and "--train-mnist-classifier" in out
+    assert metrics_main(["--train-mnist-classifier", "--steps", "0"]) == 2   # checked flags, one line
+    assert "--steps: expected" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- class histograms

@@ -24,8 +24,8 @@ tens of points. :func:`fid_of_checkpoint` makes the 50k run the easy one:
 Reference statistics (:func:`reference_stats`, :func:`save_stats`,
 :func:`load_stats`) are a ``FeatureStats`` with the extractor's name, saved with
 ``torch.save``; the extractors are ``"digits"`` (the shipped digits classifier,
-offline, 64-d; digits-FIDs are not comparable with Inception FIDs) and
-``"inception"`` (Inception-v3 pool3 from a local torchvision weights file).
+offline, 64-d; digits-FIDs are not comparable with Inception FIDs), ``"mnist"``
+(the shipped MNIST classifier, offline, 64-d: MNIST-FID) and ``"inception"`` (Inception-v3 pool3 from a local torchvision weights file).
 """
 from __future__ import annotations
 
@@ -45,14 +45,15 @@ from ..files import UnsafeFileError, lock_run_folder, safe_torch_load
 from ..sampling import SamplerSettings, resolve_model, sample, shard_seed
 from ..sampling.core import check_count, check_seed
 from ..sampling.distributed import init_from_env
-from .extractors import DIGITS_CLASSIFIER_PATH, InceptionFeatures, shipped_digits_classifier
+from .extractors import (DIGITS_CLASSIFIER_PATH, MNIST_CLASSIFIER_PATH, InceptionFeatures, shipped_digits_classifier,
+                         shipped_mnist_classifier)
 from .fid import FeatureStats, compute_feature_stats, frechet_distance, image_batches
 
 __all__ = ["EXTRACTORS", "STATS_FORMAT", "FIDRunError", "make_extractor", "reference_stats", "save_stats",
            "load_stats", "load_npz_images", "fid_of_checkpoint", "image_features", "shard_path", "num_shards",
            "file_sha256", "default_out_dir", "finished_shards"]
 
-EXTRACTORS = ("digits", "inception")
+EXTRACTORS = ("digits", "mnist", "inception")
 STATS_FORMAT = "fastncsn-fid-stats/1"
 SHARD_FORMAT = "fastncsn-fid-shard/1"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -80,7 +81,8 @@ def make_extractor(name: str = "digits", inception_weights: Union[str, Path, Non
     """A feature extractor by name, and its identity (what makes its features comparable).
 
     Args:
-        name: ``"digits"`` (the shipped digits classifier, 64-d, images ``[N, 1, 28, 28]``)
+        name: ``"digits"`` (the shipped digits classifier, 64-d, images ``[N, 1, 28, 28]``),
+            ``"mnist"`` (the shipped MNIST classifier, the same network trained on MNIST: MNIST-FID)
             or ``"inception"`` (:class:`InceptionFeatures`, 2048-d, any image size).
         inception_weights: the local torchvision Inception-v3 weights file (``"inception"`` only;
             a missing file raises ``FileNotFoundError`` saying how to get it).
@@ -91,10 +93,11 @@ def make_extractor(name: str = "digits", inception_weights: Union[str, Path, Non
         features ``[B, D]``; ``identity`` is a JSON-able dict (name, file, its size and dim).
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    if name == "digits":
-        path = DIGITS_CLASSIFIER_PATH
-        net = shipped_digits_classifier(str(dev))
-        return net.features, {"name": "digits", "file": path.name, "file_size": path.stat().st_size,
+    if name in ("digits", "mnist"):
+        path, shipped = ((DIGITS_CLASSIFIER_PATH, shipped_digits_classifier) if name == "digits"
+                         else (MNIST_CLASSIFIER_PATH, shipped_mnist_classifier))
+        net = shipped(str(dev))
+        return net.features, {"name": name, "file": path.name, "file_size": path.stat().st_size,
                               "dim": net.feature_dim}
     if name == "inception":
         net = InceptionFeatures(inception_weights, device=dev)
@@ -172,7 +175,7 @@ def reference_stats(images, extractor: str = "digits", out: Union[str, Path, Non
             name of :func:`fastncsn.data.get_dataset` (``digits``, ``mnist``, ``cifar10``,
             ``folder:PATH``, ...; training split, no flips) or the path of an ``.npz`` of images
             (:func:`load_npz_images`).
-        extractor: ``"digits"`` or ``"inception"`` (see :func:`make_extractor`).
+        extractor: ``"digits"``, ``"mnist"`` or ``"inception"`` (see :func:`make_extractor`).
         out: file to write the statistics to (:func:`save_stats`).
         root: directory of the torchvision dataset files (dataset names only).
         inception_weights, device: as :func:`make_extractor`.
