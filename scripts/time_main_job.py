@@ -24,7 +24,7 @@ def git(*args: str) -> str:
 def main(argv: list[str]) -> dict:
     runs = int(argv[0]) if argv and not argv[0].startswith("--") else 3
     out = argv[argv.index("--json") + 1] if "--json" in argv else None
-    times = []
+    times, load_before = [], os.getloadavg()      # a shared machine: the load says how busy it was
     with tempfile.TemporaryDirectory() as d:
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -36,11 +36,14 @@ def main(argv: list[str]) -> dict:
                date=datetime.date.today().isoformat(), commit=git("rev-parse", "HEAD"),
                tree_clean=git("status", "--porcelain", "--untracked-files=no") == "",
                machine=f"{platform.machine()} CPU, {os.cpu_count()} cores", torch=torch.__version__,
-               threads=torch.get_num_threads())
+               threads=torch.get_num_threads(),
+               load_avg_1_5_15min=dict(before=[round(v, 2) for v in load_before],
+                                       after=[round(v, 2) for v in os.getloadavg()]))
     print(json.dumps(rec))
     if out:
-        with open(out, "w") as f:
-            json.dump(rec, f, indent=1)
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from fastncsn.files import atomic_write_text
+        atomic_write_text(json.dumps(rec, indent=1) + "\n", out)
     return rec
 
 
