@@ -137,7 +137,9 @@ def test_folder_of_mixed_sizes_and_modes_is_converted_with_a_note(tmp_path):
     assert x.shape == (4, 3, 16, 16)
     torch.testing.assert_close(x[2], torch.full((3, 16, 16), 128 / 255), rtol=0, atol=1e-5)
     torch.testing.assert_close(x[3, 2], torch.ones(16, 16))
-    small = get_dataset(f"folder:{tmp_path}", image_size=8)                  # an explicit size: no size note
+    with pytest.warns(UserWarning) as rec:                                 # an explicit size: no size note
+        small = get_dataset(f"folder:{tmp_path}", image_size=8)
+    assert [("grayscale" in str(w.message), "resized" in str(w.message)) for w in rec] == [(True, False)]
     assert small[2][0].shape == (3, 8, 8)
 
 
