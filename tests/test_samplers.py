@@ -68,7 +68,7 @@ def test_ald_plan_is_algorithm_1(denoise, inpaint):
         mask[..., :2] = True
         known = torch.full((1, 1, 4, 4), 0.7).expand(3, 1, 4, 4)
     settings = SamplerSettings.resolve(model, sampler="ald", steps_per_level=5, eps=3e-3, denoise=denoise)
-    p = build_plan(settings, model.sigmas, model)
+    p = build_plan(settings, model.sigmas)
     drawn = []
 
     def noise(slot, like):
@@ -158,7 +158,7 @@ def test_cas_keeps_each_level_at_its_sigma():
     model = PointMass()
     for eta in (0.7, 0.9, 1.3):
         settings = SamplerSettings.resolve(model, sampler="cas", eps=eta, denoise=False)
-        p = build_plan(settings, model.sigmas, model)
+        p = build_plan(settings, model.sigmas)
         x0 = 10.0 * torch.randn(20_000, 4, generator=torch.Generator().manual_seed(0))
         _, snaps = run_plan(p, model, x0, seed=0, snapshot_every=1)
         for i in range(5):

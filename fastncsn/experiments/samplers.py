@@ -34,8 +34,9 @@ NAME = "samplers"
 COLUMNS = ("sampler", "noise", "steps_per_level", "eps", "nfe", "seed", "n", "model", "digits_fid", "sample_s")
 SUMMARY_COLUMNS = ("sampler", "noise", "steps_per_level", "eps", "nfe", "seeds", "fid_mean", "fid_std", "fid_min",
                    "fid_max", "sample_s_mean")
-#: the issue-28 grid on the bundled model (see docs/results.md for the one that ran)
-DEFAULT_POINTS = ("cas:1", "cas:2", "cas:4", "pc:1", "pc:3", "ald:4", "ald:20")
+#: the issue-28 grid on the bundled model (docs/results/samplers.md), each eps the best of the 100-sample
+#: sweep (docs/results/samplers_sweep/samplers.md); ald:20 is the bundled model's default sampling
+DEFAULT_POINTS = ("cas:1:0.6", "heun:1", "cas:2:0.6", "pc:1:0.25", "ald:4:1e-4", "cas:4:0.6", "pc:3:0.1", "ald:20")
 QUICK_POINTS = ("cas:1", "ald:1")
 #: one point: SAMPLER:T[:EPS], T >= 1, EPS a decimal number > 0 (checked while parsing)
 _POINT = r"(ald-batch|ald|cas|pc|heun):0*[1-9]\d{0,5}(:(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)?"
@@ -165,14 +166,16 @@ def _plot(summary: list, path: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.experiment_parser("samplers", __doc__)
-    p.add_argument("--checkpoint", type=flags.existing_file, help="model checkpoint (default: the bundled digits model)")
+    p.add_argument("--checkpoint", type=flags.existing_file,
+                   help="model checkpoint (default: the bundled digits model)")
     p.add_argument("--points", type=POINTS, help="the grid, SAMPLER:T[:EPS] items (default: "
                    f"{','.join(DEFAULT_POINTS)}; with --quick: {','.join(QUICK_POINTS)})")
     p.add_argument("--seeds", type=flags.listing(flags.seed, "seeds"), help="sampling seeds (default 0,1,2; "
                    "with --quick: 0)")
     p.add_argument("--n", type=flags.count, help="samples per (point, seed) (default 500; with --quick 8)")
     p.add_argument("--batch-size", type=flags.count, help="samples drawn at once (default: all --n)")
-    p.add_argument("--classifier", type=flags.existing_file, help="digits classifier weights (default: the shipped one)")
+    p.add_argument("--classifier", type=flags.existing_file,
+                   help="digits classifier weights (default: the shipped one)")
     common.add_common_arguments(p, training=False)
     return p
 
