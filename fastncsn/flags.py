@@ -25,6 +25,7 @@ The table:
 ``output_file(k)``  a file name to write: its folder exists, it is not a folder, extension of kind k
 ``output_dir``      a folder to write into: an existing folder, or one that can be created
 ``dataset``         a dataset name of :mod:`fastncsn.data`, or ``folder:PATH`` of an existing folder
+``matching(p, w)``  a text matching the regular expression ``p`` (``w``: what it is), e.g. a list item
 =================== =====================================================================
 
 Every int is also at most ``2**63 - 1`` (a value beyond int64 is refused, not overflowed later).
@@ -39,7 +40,7 @@ from typing import Callable, Optional, Sequence
 
 __all__ = ["Check", "FlagError", "Parser", "HelpFormatter", "integer", "real", "count", "index", "seed",
            "threads", "positive", "rate", "noise_level", "device", "existing_file", "existing_dir", "input_file",
-           "output_file", "output_dir", "dataset", "number_or", "listing", "check_above", "OUTPUT_KINDS", "INT_MAX"]
+           "output_file", "output_dir", "dataset", "number_or", "listing", "matching", "check_above", "OUTPUT_KINDS", "INT_MAX"]
 
 #: the largest int a flag takes (int64: what torch and numpy hold without overflow)
 INT_MAX = 2 ** 63 - 1
@@ -178,6 +179,18 @@ def listing(item: Optional[Check], expected: str, choices: Optional[Sequence[str
             _fail(f"unknown: {', '.join(bad)}")
         return parts if choices else [item._convert(t) for t in parts]
     return Check("list", expected, convert, item=item, choices=choices)
+
+
+def matching(pattern: str, expected: str) -> Check:
+    """A text that matches the regular expression ``pattern`` whole (``expected``: what such a text is)."""
+    import re
+    rx = re.compile(pattern)
+
+    def convert(text):
+        if not rx.fullmatch(text.strip()):
+            _fail()
+        return text.strip()
+    return Check("text", expected, convert, pattern=pattern)
 
 
 count = integer(1)

@@ -17,6 +17,7 @@ EXPERIMENTS = {
     "score-norm": ("score_norm", "seed 004 Fig 5: E||s(x, sigma)|| against sigma (the 1/sigma law)"),
     "schedules": ("schedules", "seed 000 Fig 1: the five noise ladders and their overlap probabilities"),
     "pictures": ("pictures", "sample grid, annealing strip/GIF, nearest training neighbours (seed 003)"),
+    "samplers": ("samplers", "issue 28: digits-FID against NFE for each sampler (ald, cas, pc, heun)"),
 }
 
 

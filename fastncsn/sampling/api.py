@@ -22,7 +22,7 @@ def plan(model=None, sampler: Optional[str] = None, sigmas=None, **settings) -> 
     s = SamplerSettings.resolve(model, sampler=sampler, **settings)
     if sigmas is not None:
         check_model_levels(sigmas, model)
-    return build_plan(s, model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32), model)
+    return build_plan(s, model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32))
 
 
 @torch.no_grad()
@@ -116,8 +116,7 @@ def sample(model=None, n: int = 64, sigmas=None, steps_per_level: Optional[int] 
     check_backend(backend, device)
     if sigmas is not None:
         check_model_levels(sigmas, model)
-    the_plan = build_plan(settings, model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32),
-                          model)
+    the_plan = build_plan(settings, model.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float32))
     if settings.sampler == "heun" and (mask is not None or known is not None):
         raise ValueError("mask: inpainting is not supported with sampler 'heun' (an ODE)")
     model = model.to(device)

@@ -229,7 +229,7 @@ class GraphSampler:
         self.sigma_table = sig.to(device=dev, dtype=f32)
         self.level_table = torch.tensor(model_levels, dtype=torch.long, device=dev)
         if self.plan is not None:
-            self.plan = build_plan(self.settings, sig, self.model)
+            self.plan = build_plan(self.settings, sig)
             t = self.plan.table(dev)
             lv = torch.tensor(model_levels, dtype=torch.long, device=dev)
             self.coef_table, self.sigma_loop = t["coef"], t["sigma"]

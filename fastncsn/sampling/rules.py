@@ -153,11 +153,12 @@ def _f32(v: float) -> float:
     return float(torch.tensor(v, dtype=torch.float32))
 
 
-def build_plan(settings: SamplerSettings, sigmas, model=None) -> Plan:
-    """The :class:`Plan` of ``settings.sampler`` on the ladder ``sigmas`` (decreasing, ``[L]``).
+def build_plan(settings: SamplerSettings, sigmas) -> Plan:
+    """The :class:`Plan` of ``settings.sampler`` on the ladder ``sigmas`` (decreasing, ``[L]``; a
+    level-indexed network's own ladder: every score is evaluated at one of its levels).
 
     Raises ``ValueError`` naming the setting (one line, before any compute) when the sampler cannot
-    run with these settings on this ladder or model."""
+    run with these settings on this ladder."""
     sampler = settings.sampler
     sig64 = validate_sigmas(sigmas, "sigmas").double()
     sig = [float(v) for v in sig64.float()]                       # the fp32 ladder the steps see
