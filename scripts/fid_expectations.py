@@ -1,18 +1,19 @@
-"""What FID a user gets from the bundled model: ``fastncsn fid`` (sharded draw) against ``fastncsn.sample``.
+"""What FID a user gets from the bundled model: ``fastncsn fid`` against ``fastncsn.sample``.
 
-README's FID section quotes these. Three digits-FIDs of 500 samples of the bundled model, seed 0:
+README's FID section quotes these. Digits-FIDs of 500 samples of the bundled model, seed 0:
 
-* ``cli_sharded``: ``fastncsn fid --ref digits.stats --n 500`` (the README's commands; shard k is drawn
-  with a seed derived from --seed and k, so these are not ``fastncsn.sample``'s 500 samples), against
-  ``fastncsn fid-stats --data digits`` (all 1797 embedded digits);
-* ``sample_vs_fid_stats_file``: ``fastncsn.sample(n=500, seed=0)`` against the same statistics file;
+* ``cli``: ``fastncsn fid --ref digits.stats --n 500`` (the README's commands) against
+  ``fastncsn fid-stats --data digits`` (all 1797 embedded digits); its shards hold the samples of
+  ``fastncsn.sample(n=500, seed=0)`` (per-sample noise: sample k keyed by (seed, k));
+* ``sample_vs_fid_stats_file``: ``fastncsn.sample(n=500, seed=0)`` against the same statistics file:
+  the same draw as ``cli``, so the same FID (up to float rounding);
 * ``sample_vs_all_digits``: the same samples through ``digits_fid`` (its default reference, the embedded
-  digits) -- how the export measured the figure recorded in the bundled checkpoint (87.5).
+  digits): the two references agree;
+* ``sample_batch_noise``: ``fastncsn.sample(n=500, seed=0, noise="batch")``, the releases' batch-wide
+  noise streams: how the export measured the figure recorded in the bundled checkpoint (87.5) -- another
+  draw of the same sampler.
 
-Row 1 vs 2 differs only by the draw (the same sampler settings, the checkpoint's; ``fid`` draws its one
-shard of --n <= 1000 samples with seed ``shard_seed(seed, 0)``); rows 2 and 3 show that the two references
-agree.  (docs/results/fid_expectations.csv of 2026-12-02 was written when row 2 was still named
-``sample_vs_train_split``, a misnomer: ``fid-stats --data digits`` takes all 1797 digits.) Writes ``--out`` (a CSV) atomically.
+Writes ``--out`` (a CSV) atomically.
 
     OMP_NUM_THREADS=1 python scripts/fid_expectations.py --out docs/results/fid_expectations.csv
 """
@@ -54,7 +55,7 @@ def main():
         wall = time.time() - t0
         (folder,) = [d for d in os.listdir(tmp) if "_fid_n" in d]
         with open(os.path.join(tmp, folder, "fid.json")) as f:
-            rows.append(dict(what="cli_sharded", command="fastncsn " + " ".join(cmd),
+            rows.append(dict(what="cli", command="fastncsn " + " ".join(cmd),
                              fid=round(json.load(f)["fid"], 2), seconds=round(wall)))
         t0 = time.time()
         x = fastncsn.sample(n=a.n, seed=a.seed, progress=False)
@@ -65,6 +66,11 @@ def main():
                          fid=round(fid_from_features(feats, ref), 2), seconds=round(wall)))
         rows.append(dict(what="sample_vs_all_digits", command=f"digits_fid(fastncsn.sample(n={a.n}, seed={a.seed}))",
                          fid=round(digits_fid(x), 2), seconds=round(wall)))
+        t0 = time.time()
+        xb = fastncsn.sample(n=a.n, seed=a.seed, progress=False, noise="batch")
+        rows.append(dict(what="sample_batch_noise",
+                         command=f"digits_fid(fastncsn.sample(n={a.n}, seed={a.seed}, noise='batch'))",
+                         fid=round(digits_fid(xb), 2), seconds=round(time.time() - t0)))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["what", "command", "fid", "seconds"], lineterminator="\n")
     w.writeheader()

@@ -19,7 +19,7 @@ from fastncsn.metrics import compute_feature_stats, fid, frechet_distance, shipp
 from fastncsn.metrics.fid_run import (FIDRunError, fid_of_checkpoint, load_stats, reference_stats, save_stats,
                                        shard_path)
 from fastncsn.models.refinenet import CondRefineNetDilated
-from fastncsn.sampling import sample, shard_seed
+from fastncsn.sampling import sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, SHARD = 30, 10  # 3 shards
@@ -76,9 +76,10 @@ def test_fid_of_checkpoint_equals_direct_computation(files, full_run):
     assert json.loads((out / "fid.json").read_text()) == result
     assert result["n"] == N and result["num_shards"] == 3 and result["extractor"]["name"] == "digits"
     assert result["sampler"]["steps_per_level"] == 1 and result["seed"] == 3
-    # the same samples drawn by hand, shard by shard, scored by fastncsn.metrics directly
+    # the shards hold the samples of one unsharded call (per-sample noise: sample k keyed by (seed, k)),
+    # scored by fastncsn.metrics directly
     model = fastncsn.load(files["ckpt"])
-    x = torch.cat([sample(model, SHARD, seed=shard_seed(3, k), progress=False) for k in range(3)])
+    x = sample(model, N, seed=3, progress=False)
     ref, _ = load_stats(files["ref"])  # the file itself is checked against the images above
     expected = fid(x, (ref.mean(), ref.cov()), shipped_digits_classifier("cpu").features)
     assert result["fid"] == pytest.approx(expected, rel=1e-6)

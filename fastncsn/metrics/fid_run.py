@@ -3,10 +3,11 @@
 The papers' FIDs use 50,000 samples; FIDs of 1-2k samples are biased upwards by
 tens of points. :func:`fid_of_checkpoint` makes the 50k run the easy one:
 
-* the unit of work is a **shard** of ``shard_size`` samples; shard ``k`` is drawn
-  with ``seed = shard_seed(seed, k)`` (:func:`fastncsn.sampling.shard_seed`), so
-  the samples depend on ``(checkpoint, sampler settings, n, seed, shard_size)``
-  only -- never on the number of processes;
+* the unit of work is a **shard** of ``shard_size`` samples; shard ``k`` holds
+  samples ``k * shard_size ...`` of ``fastncsn.sample(n, seed=seed)`` (per-sample
+  noise streams keyed by ``(seed, index)``: ``first_index``), so the samples are
+  those of the unsharded call -- whatever ``shard_size``, ``batch_size`` or the
+  number of processes;
 * under ``torchrun`` (or any initialised ``torch.distributed`` group) rank ``r``
   of ``W`` does shards ``r, r + W, ...`` (the CUDA-graph sampler on its own GPU,
   ``LOCAL_RANK``); one process does them all;
@@ -42,7 +43,7 @@ import torch
 
 from ..checkpoint import atomic_save, atomic_write_text
 from ..files import UnsafeFileError, lock_run_folder, safe_torch_load
-from ..sampling import SamplerSettings, resolve_model, sample, shard_seed
+from ..sampling import SamplerSettings, resolve_model, sample
 from ..sampling.core import check_count, check_seed
 from ..sampling.distributed import init_from_env
 from .extractors import (DIGITS_CLASSIFIER_PATH, MNIST_CLASSIFIER_PATH, InceptionFeatures, shipped_digits_classifier,
@@ -55,7 +56,7 @@ __all__ = ["EXTRACTORS", "STATS_FORMAT", "FIDRunError", "make_extractor", "refer
 
 EXTRACTORS = ("digits", "mnist", "inception")
 STATS_FORMAT = "fastncsn-fid-stats/1"
-SHARD_FORMAT = "fastncsn-fid-shard/1"
+SHARD_FORMAT = "fastncsn-fid-shard/2"   # /1: shard k drawn with shard_seed(seed, k) (redrawn)
 FINGERPRINT_FILE = "fingerprint.json"
 RESULT_FILE = "fid.json"
 
@@ -356,7 +357,7 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
         n: number of samples, >= 2 (a covariance needs two; the papers: 50,000).
         out_dir: folder of the shards, ``fingerprint.json`` and ``fid.json`` (default:
             :func:`default_out_dir`, ``<checkpoint stem>_fid_n<n>_seed<seed>`` in the working directory).
-        seed: the run's seed; shard ``k`` is drawn with ``shard_seed(seed, k)``.
+        seed: the run's seed; the samples are those of ``fastncsn.sample(model, n, seed=seed)``.
         batch_size: sampler chunk size (default: a whole shard at once).
         shard_size: samples per shard, the unit of work and of resumption.
         extractor, inception_weights: see :func:`make_extractor`.
@@ -430,11 +431,13 @@ def fid_of_checkpoint(checkpoint: Union[str, Path], ref_stats: Union[str, Path],
             for k in mine:
                 if bar is not None:
                     bar.set_postfix_str(f"shard {k + 1} of {total}")
-                x = sample(model, sizes[k], seed=shard_seed(seed, k), device=device, fast=fast, precision=precision,
+                x = sample(model, sizes[k], seed=seed, first_index=k * shard_size, noise="per_sample", device=device,
+                           fast=fast, precision=precision,
                            batch_size=batch_size, steps_per_level=settings.steps_per_level, eps=settings.eps,
                            progress=bar if bar is not None else False)
                 feats = image_features(x, fn, extract_batch_size)
-                blob = {"format": SHARD_FORMAT, "index": k, "seed": shard_seed(seed, k), "fingerprint": fp,
+                blob = {"format": SHARD_FORMAT, "index": k, "seed": seed, "first_index": k * shard_size,
+                        "fingerprint": fp,
                         "features": feats}
                 if save_samples:
                     blob["samples"] = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
