@@ -11,7 +11,8 @@ README's FID section quotes these. Three digits-FIDs of 500 samples of the bundl
 
 Rows 1 and 2 use the same sampler settings (the checkpoint's) and reference; ``fid`` draws its one shard of
 --n <= 1000 samples with seed ``shard_seed(seed, 0)``; rows 2 and 3 show that the two references agree.
-Whether the different draw explains why row 1 is so much higher is open (issue 25).  (docs/results/fid_expectations.csv of 2026-12-02 was written when row 2 was still named
+Row 1 is exactly the FID of ``fastncsn.sample(n, seed=shard_seed(seed, 0))`` (tests/test_fid_run.py checks
+that equality), so the gap between rows 1 and 2 is the draw.  (docs/results/fid_expectations.csv of 2026-12-02 was written when row 2 was still named
 ``sample_vs_train_split``, a misnomer: ``fid-stats --data digits`` takes all 1797 digits.) Writes ``--out`` (a CSV) atomically.
 
     OMP_NUM_THREADS=1 python scripts/fid_expectations.py --out docs/results/fid_expectations.csv
