@@ -145,10 +145,9 @@ def _plot(summary: list, path: str) -> None:
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     curves: dict = {}
-    for r in summary:
+    for r in summary:    # one curve per sampler; each point labelled with its T and eps
         if r["fid_mean"] is not None:
-            label = r["sampler"] + (" (batch noise)" if r["noise"] == "batch" else "") + \
-                (f", eps {r['eps']:g}" if r["eps"] != "" else "")
+            label = r["sampler"] + (" (batch noise)" if r["noise"] == "batch" else "")
             curves.setdefault(label, []).append(r)
     for label, rs in curves.items():
         rs = sorted(rs, key=lambda r: r["nfe"])
@@ -158,6 +157,10 @@ def _plot(summary: list, path: str) -> None:
         hi = [r["fid_max"] for r in rs]
         line, = ax.plot(nfe, mean, "o-", label=label)
         ax.fill_between(nfe, lo, hi, color=line.get_color(), alpha=0.15)
+        for r in rs:
+            ax.annotate(f"T{r['steps_per_level']}" + (f" {r['eps']:g}" if r["eps"] != "" else ""),
+                        (r["nfe"], r["fid_mean"]), textcoords="offset points", xytext=(4, 3), fontsize=6,
+                        color=line.get_color())
     ax.set_xscale("log"); ax.set_yscale("log")
     ax.set_xlabel("network evaluations per sample (NFE)"); ax.set_ylabel("digits-FID (mean; band: min-max)")
     ax.set_title("samplers on one model: quality against NFE"); ax.legend(fontsize=8)
