@@ -287,11 +287,24 @@ def fill(argv, **values) -> list:
     return [a.format(**values) if "{" in a else a for a in argv]
 
 
+def stage_env(env: Optional[dict] = None) -> dict:
+    """``env`` (default: this process's environment) without the variables of a pytest-xdist worker: a stage
+    started from inside one (the lab's CI rehearsal under ``pytest -n 2``) would otherwise inherit
+    ``PYTEST_XDIST_WORKER``, and pytest-benchmark then disables every benchmark ("xdist plugin is active")
+    and writes no record."""
+    env = dict(os.environ if env is None else env)
+    for k in list(env):
+        if k.startswith("PYTEST_XDIST_") or k == "PYTEST_CURRENT_TEST":
+            del env[k]
+    return env
+
+
 def run_stage(argv: list, limit: int, log_path: str, env: Optional[dict] = None, cwd: str = ROOT,
               signal: str = "INT", grace: int = KILL_GRACE_S) -> tuple:
     """Run ``argv`` as ``timeout -s <signal> -k <grace> <limit> argv`` with stdout and stderr into ``log_path``;
     returns ``(exit code, wall seconds)`` (124: stopped at the limit, 137: killed after the grace)."""
     t0 = time.monotonic()
+    env = stage_env(env)
     with open(log_path, "ab") as log:
         log.write(f"$ {' '.join(argv)}   (limit {limit} s)\n".encode())
         log.flush()
