@@ -29,10 +29,12 @@ import numpy as np
 
 from . import common
 from .. import flags
+from ..metrics.intervals import seed_interval
 
 NAME = "samplers"
 COLUMNS = ("sampler", "noise", "steps_per_level", "eps", "nfe", "seed", "n", "model", "digits_fid", "sample_s")
-SUMMARY_COLUMNS = ("sampler", "noise", "steps_per_level", "eps", "nfe", "seeds", "fid_mean", "fid_std", "fid_min",
+SUMMARY_COLUMNS = ("sampler", "noise", "steps_per_level", "eps", "nfe", "seeds", "fid_mean", "fid_std", "fid_ci95_low",
+                   "fid_ci95_high", "fid_min",
                    "fid_max", "sample_s_mean")
 #: the issue-28 grid on the bundled model (docs/results/samplers.md), each eps the best of the 100-sample
 #: sweep (docs/results/samplers_sweep/samplers.md); ald:20 is the bundled model's default sampling
@@ -115,7 +117,8 @@ def run(points: Sequence[dict], seeds: Sequence[int] = (0, 1, 2), n: int = 500, 
             f"{', '.join(map(str, seeds))}, for each sampler and number of network evaluations per sample (NFE). "
             "Reference loop on the CPU, per-sample noise streams (``ald-batch``: the releases' batch-wide noise). "
             "`eps` empty: the default (the model's own for its sampler, else `SAMPLER_DEFAULTS`). "
-            "fid_std: the sample standard deviation over the seeds.\n\n"
+            "fid_std: the sample standard deviation over the seeds; fid_ci95_low / high: the Student-t 95% "
+            "interval of the mean over the seeds (`fastncsn.metrics.seed_interval`).\n\n"
             + common.markdown_table(summary, SUMMARY_COLUMNS) + f"\n\n![digits-FID against NFE]({name}.png)\n")
     common.write_markdown(os.path.join(out_dir, name + ".md"), "Samplers: digits-FID against NFE (issue 28)",
                           command or "fastncsn experiment samplers", body, quick)
@@ -132,9 +135,11 @@ def summarise(rows: list, points, plans, seeds, n: int, model_name: str) -> list
         fids = [float(r["digits_fid"]) for r in mine]
         secs = [float(r["sample_s"]) for r in mine]
         f = np.array(fids)
+        ci = seed_interval(fids) if len(fids) > 1 else None   # Student-t interval of the mean over the seeds
         out.append(dict(sampler=p["sampler"], noise=p["noise"], steps_per_level=p["steps_per_level"], eps=eps,
                         nfe=pl.nfe, seeds=len(fids), fid_mean=float(f.mean()) if fids else None,
                         fid_std=float(f.std(ddof=1)) if len(fids) > 1 else None,
+                        fid_ci95_low=ci["low"] if ci else None, fid_ci95_high=ci["high"] if ci else None,
                         fid_min=float(f.min()) if fids else None, fid_max=float(f.max()) if fids else None,
                         sample_s_mean=float(np.mean(secs)) if secs else None))
     return out

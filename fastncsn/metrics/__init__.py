@@ -35,6 +35,7 @@ from .extractors import (ASSETS_DIR, DIGITS_CLASSIFIER_PATH, MNIST_CLASSIFIER_PA
 from .fid_run import fid_of_checkpoint, load_stats, reference_stats, save_stats
 from .fid import FeatureStats, compute_feature_stats, fid, fid_from_features, frechet_distance
 from .histograms import ClassHistogram, class_histogram, class_histogram_from_labels, plot_class_histogram
+from .intervals import fid_bootstrap, seed_interval
 
 __all__ = [
     "frechet_distance",
@@ -42,6 +43,8 @@ __all__ = [
     "compute_feature_stats",
     "fid_from_features",
     "fid",
+    "fid_bootstrap",
+    "seed_interval",
     "reference_stats",
     "save_stats",
     "load_stats",
