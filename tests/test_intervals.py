@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastncsn.metrics.fid import fid_from_features
-from fastncsn.metrics.intervals import _t_quantile, fid_bootstrap, seed_interval
+from fastncsn.metrics.intervals import fid_bootstrap, seed_interval
 
 
 def _gauss(n, shift, seed, d=4):
@@ -14,9 +14,11 @@ def _gauss(n, shift, seed, d=4):
 
 
 def test_t_quantiles_match_the_tables():
-    for p, df, want in [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 30, 2.0423),
-                        (0.95, 4, 2.1318)]:
-        assert _t_quantile(p, df) == pytest.approx(want, abs=1e-4)
+    """The interval's half-width is t_{1 - a/2, n - 1} sd / sqrt(n), with t from the printed tables."""
+    for level, df, want in [(0.95, 1, 12.7062), (0.95, 2, 4.3027), (0.95, 4, 2.7764), (0.95, 30, 2.0423),
+                            (0.90, 4, 2.1318)]:
+        r = seed_interval([float(v % 3) for v in range(df + 1)], level=level)
+        assert (r["high"] - r["mean"]) * math.sqrt(df + 1) / r["sd"] == pytest.approx(want, abs=1e-4)
 
 
 def test_seed_interval():

@@ -138,7 +138,7 @@ def summarise(rows: list, points, plans, seeds, n: int, model_name: str) -> list
         ci = seed_interval(fids) if len(fids) > 1 else None   # Student-t interval of the mean over the seeds
         out.append(dict(sampler=p["sampler"], noise=p["noise"], steps_per_level=p["steps_per_level"], eps=eps,
                         nfe=pl.nfe, seeds=len(fids), fid_mean=float(f.mean()) if fids else None,
-                        fid_std=float(f.std(ddof=1)) if len(fids) > 1 else None,
+                        fid_std=ci["sd"] if ci else None,
                         fid_ci95_low=ci["low"] if ci else None, fid_ci95_high=ci["high"] if ci else None,
                         fid_min=float(f.min()) if fids else None, fid_max=float(f.max()) if fids else None,
                         sample_s_mean=float(np.mean(secs)) if secs else None))

@@ -74,36 +74,6 @@ def fid_bootstrap(features, reference, n_boot: int = 200, seed: int = 0, level: 
                 n=n, n_boot=n_boot, boot_sd=float(boots.std(ddof=1)))
 
 
-def _t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on the CDF)."""
-    def cdf(t: float) -> float:
-        x = df / (df + t * t)
-        # regularised incomplete beta I_x(df/2, 1/2) by a continued fraction (Numerical Recipes' betacf)
-        a, b = df / 2.0, 0.5
-        lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-        front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x)) / a
-        c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-        d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
-        f = d
-        for m in range(1, 300):
-            for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                        -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-                d = 1.0 + num * d
-                d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
-                c = 1.0 + num / c
-                c = c if abs(c) > 1e-300 else 1e-300
-                f *= c * d
-            if abs(c * d - 1.0) < 1e-14:
-                break
-        tail = 0.5 * front * f          # P(T > |t|)
-        return 1.0 - tail if t >= 0 else tail
-    lo, hi = 0.0, 1e6
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2.0
-
-
 def seed_interval(values: Sequence[float], level: float = 0.95) -> dict:
     """Mean of per-seed FIDs with its Student-t interval: ``dict(mean, sd, low, high, level, n)``.
 
@@ -113,5 +83,6 @@ def seed_interval(values: Sequence[float], level: float = 0.95) -> dict:
     if v is None or v.ndim != 1 or v.size < 2 or not np.isfinite(v).all():
         raise ValueError(f"values: expected >= 2 finite numbers (one per seed), got {values!r}")
     mean, sd = float(v.mean()), float(v.std(ddof=1))
-    half = _t_quantile(1.0 - (1.0 - level) / 2.0, v.size - 1) * sd / math.sqrt(v.size)
+    from scipy.stats import t        # (scipy comes with scikit-learn, a dependency)
+    half = float(t.ppf(1.0 - (1.0 - level) / 2.0, v.size - 1)) * sd / math.sqrt(v.size)
     return dict(mean=mean, sd=sd, low=mean - half, high=mean + half, level=level, n=int(v.size))
