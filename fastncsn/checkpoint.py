@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import warnings
 from typing import Optional
 
 import numpy as np
@@ -35,11 +34,26 @@ import torch
 from .files import UnsafeFileError, atomic_write, atomic_write_text, safe_torch_load
 
 __all__ = ["FORMAT", "CheckpointError", "UnsafeCheckpointError", "save", "load", "load_checkpoint", "atomic_save",
-           "atomic_write", "atomic_write_text", "load_bundled", "BUNDLED_PATH", "rng_state", "set_rng_state",
+           "atomic_write", "atomic_write_text", "load_bundled", "bundled_path", "BUNDLED_MODELS", "BUNDLED_PATH", "rng_state", "set_rng_state",
            "convert_reference_state_dict", "load_state", "non_finite", "check_finite_weights", "error_line"]
 
 FORMAT = "fastncsn/1"
-BUNDLED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits_ncsn.pt")
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+#: the models shipped in fastncsn/assets, by the name ``fastncsn.sample(model=NAME)`` and ``--model NAME`` take:
+#: name -> (file, what it was trained on)
+BUNDLED_MODELS = {
+    "digits": ("digits_ncsn.pt", "the embedded digits (scripts/train_bundled_digits.py)"),
+    "mnist": ("mnist_ncsn.pt", "MNIST (scripts/train_bundled_mnist.py)"),
+}
+BUNDLED_PATH = os.path.join(ASSETS_DIR, BUNDLED_MODELS["digits"][0])
+
+
+def bundled_path(name: str = "digits") -> str:
+    """The file of bundled model ``name`` (one of :data:`BUNDLED_MODELS`); ``ValueError`` naming ``model`` else."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"model: no bundled model {name!r}; the bundled models are {', '.join(BUNDLED_MODELS)} "
+                         "(or pass a checkpoint path)")
+    return os.path.join(ASSETS_DIR, BUNDLED_MODELS[name][0])
 
 
 class CheckpointError(ValueError):
@@ -319,9 +333,11 @@ def load(path: str, map_location="cpu", ema: bool = True, **config):
     return model.to(map_location).eval()
 
 
-def load_bundled(map_location="cpu", **config):
-    """The small NCSN trained by this project on the embedded digits (``fastncsn/assets/digits_ncsn.pt``)."""
-    if not os.path.isfile(BUNDLED_PATH):
-        raise CheckpointError(f"the bundled digits model is missing ({BUNDLED_PATH}); reinstall fastncsn, "
+def load_bundled(name: str = "digits", map_location="cpu", **config):
+    """Bundled model ``name`` (:data:`BUNDLED_MODELS`): a small NCSN trained by this project, by default the
+    one on the embedded digits (``fastncsn/assets/digits_ncsn.pt``)."""
+    path = bundled_path(name)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"the bundled {name} model is missing ({path}); reinstall fastncsn, "
                               "or pass a checkpoint of your own")
-    return load(BUNDLED_PATH, map_location=map_location, **config)
+    return load(path, map_location=map_location, **config)

@@ -54,13 +54,24 @@ def _device(device: Optional[str]):
     return check_device(device, "--device") or torch.device("cpu")
 
 
-def _load_model(checkpoint: Optional[str], device):
+def _load_model(checkpoint: Optional[str], device, name: Optional[str] = None):
+    """The model of ``--checkpoint``, else the bundled model ``--model`` (default: digits), on ``device``."""
     from . import checkpoint as ck
     try:
-        model = ck.load_bundled() if checkpoint is None else ck.load(checkpoint)
+        model = ck.load_bundled(name or "digits") if checkpoint is None else ck.load(checkpoint)
     except ck.CheckpointError as exc:
-        raise CLIError(ck.error_line(exc, "--checkpoint")) from None
+        raise CLIError(ck.error_line(exc, "--checkpoint" if checkpoint else "--model")) from None
     return model.to(device)
+
+
+def _add_model_flags(parser, what: str = "checkpoint path") -> None:
+    """``--checkpoint PATH`` or ``--model NAME`` (a bundled model), one of them at most."""
+    from .checkpoint import BUNDLED_MODELS
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=flags.existing_file, help=f"{what} (default: the bundled model --model)")
+    src.add_argument("--model", choices=list(BUNDLED_MODELS), default=None,
+                     help="a bundled model: " + "; ".join(f"{k} -- trained on {v[1]}" for k, v in BUNDLED_MODELS.items())
+                          + " (default: digits)")
 
 
 def _diverged(exc) -> CLIError:
@@ -87,7 +98,7 @@ def _cmd_sample(a) -> None:
     t0 = time.time()
     device = _device(a.device)
     check_backend(a.backend, device, "--backend")
-    model = _load_model(a.checkpoint, device)
+    model = _load_model(a.checkpoint, device, a.model)
     want_snaps = bool(a.strip or a.gif)
     points = len(tuple(model.data_shape)) != 3   # a toy model: --out is a scatter plot of the samples
     if points:
@@ -260,7 +271,7 @@ def _cmd_inpaint(a) -> None:
     from .sampling.api import sample
     t0 = time.time()
     device = _device(a.device)
-    model = _load_model(a.checkpoint, device)
+    model = _load_model(a.checkpoint, device, a.model)
     shape = tuple(model.data_shape)
     if len(shape) != 3:
         raise CLIError("--checkpoint: inpainting needs an image model")
@@ -341,9 +352,12 @@ def _raise_stop(signum, frame):
 
 
 def _cmd_fid(a) -> int:
-    from .checkpoint import BUNDLED_PATH
+    from .checkpoint import bundled_path
     from .metrics.fid_run import default_out_dir, fid_of_checkpoint, finished_shards, num_shards
-    checkpoint = a.checkpoint or BUNDLED_PATH
+    checkpoint = a.checkpoint or bundled_path(a.model or "digits")
+    if not os.path.isfile(checkpoint):
+        raise CLIError(f"--model: the bundled {a.model} model is missing ({checkpoint}); reinstall fastncsn, "
+                       "or pass --checkpoint")
     out = a.out or str(default_out_dir(checkpoint, a.n, a.seed))
     if a.extractor is None:            # the statistics' own (a file that is no statistics file: --ref's error)
         from .metrics.fid_run import load_stats
@@ -399,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="annealed Langevin samples as a PNG grid",
                        description="Draw samples with annealed Langevin dynamics (default: the bundled digits model).")
-    s.add_argument("--checkpoint", type=F.existing_file, help="checkpoint path (default: the bundled digits model)")
+    _add_model_flags(s)
     s.add_argument("--n", type=F.count, default=16, help="number of samples")
     s.add_argument("--seed", type=F.seed, default=0, help="seed of the samples (sample k depends on it and k only)")
     s.add_argument("--sampler", choices=list(SAMPLERS),
@@ -490,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mask", type=F.existing_file, help="mask image: white = known pixels (default: --mask-kind)")
     i.add_argument("--mask-kind", default="right_half", choices=list(MASK_KINDS),
                    help="which part is completed when no --mask is given")
-    i.add_argument("--checkpoint", type=F.existing_file, help="checkpoint path (default: the bundled digits model)")
+    _add_model_flags(i)
     i.add_argument("--n", type=F.count, default=8, help="number of completions")
     i.add_argument("--seed", type=F.seed, default=0, help="seed of the completions")
     i.add_argument("--steps-per-level", type=F.count, help="T, Langevin steps per noise level (default: the model's)")
@@ -520,8 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fid", help="FID of many samples of a checkpoint (sharded, resumable, torchrun)",
                        description="Sample --n images in seeded shards (resumable; one rank per GPU under torchrun), "
                                    "then the FID against reference statistics (fastncsn fid-stats).")
-    f.add_argument("--checkpoint", type=F.existing_file,
-                   help="checkpoint of the model to score (default: the bundled digits model)")
+    _add_model_flags(f, "checkpoint of the model to score")
     f.add_argument("--ref", type=F.existing_file, required=True, help="reference statistics file (fastncsn fid-stats)")
     f.add_argument("--n", "--num-samples", dest="n", type=F.integer(2), default=50000,
                    help="number of samples, >= 2 (as the papers: 50000); under torchrun write --num-samples "

@@ -401,15 +401,19 @@ def _advancing(iterable, bar):
 
 
 def resolve_model(model):
-    """``None`` -> the bundled digits model; a path -> the checkpoint's model; a score model as it is."""
-    if model is None:
+    """``None`` -> the bundled digits model; a bundled model's name (``"digits"``, ``"mnist"``:
+    :data:`fastncsn.checkpoint.BUNDLED_MODELS`) -> that model; a path -> the checkpoint's model (a file named
+    like a bundled model is reached as ``"./mnist"``); a score model as it is."""
+    from ..checkpoint import BUNDLED_MODELS
+    if model is None or (isinstance(model, str) and model in BUNDLED_MODELS):
         from ..checkpoint import load_bundled
-        return load_bundled()
+        return load_bundled("digits" if model is None else model)
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         from ..checkpoint import load
         return load(model)
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "sigmas") or not hasattr(model, "data_shape"):
-        raise TypeError("model: expected None (the bundled digits model), a checkpoint path, or a fastncsn "
+        raise TypeError("model: expected None (the bundled digits model), a bundled model's name, a checkpoint "
+                        "path, or a fastncsn "
                         "score model (an nn.Module with `sigmas` and `data_shape`)")
     return model
 
