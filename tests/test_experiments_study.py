@@ -37,6 +37,12 @@ def test_schedules_study_quick(tmp_path):
     rep = {r["schedule"]: int(r["report_rank"]) for r in rows}
     assert rep["sigmoid"] == 1 and rep["cosine"] == 5            # seed 000 Figure 2 ordering
     assert all(np.isfinite(float(r["digits_fid"])) and int(r["train_steps"]) == QUICK_RECIPE["steps"] for r in rows)
+    for r in rows:                                   # --quick: sampling seeds 0 and 1, the mean and its intervals
+        per_seed = [float(v) for v in r["digits_fid_seeds"].split("/")]
+        assert r["sample_seeds"] == "0/1" and len(per_seed) == 2 and per_seed[0] != per_seed[1]
+        assert abs(float(r["digits_fid"]) - sum(per_seed) / 2) < 0.1
+        assert float(r["digits_fid_seed_low"]) < float(r["digits_fid"]) < float(r["digits_fid_seed_high"])
+        assert float(r["digits_fid_boot_low"]) <= float(r["digits_fid"]) < float(r["digits_fid_boot_high"])
     md = (tmp_path / "schedules_study.md").read_text()
     assert "meaningless" in md and "fastncsn experiment schedules-study --quick" in md
     for f in ("schedules_study.png", "schedules_study_samples.png"):
@@ -45,12 +51,14 @@ def test_schedules_study_quick(tmp_path):
 
 
 def test_initial_noise_quick(tmp_path):
-    rows, summary = initial_noise.run((1.0, 30.0), num_levels=4, quick=True, out_dir=str(tmp_path))
+    rows, summary = initial_noise.run((1.0, 30.0), num_levels=4, quick=True, out_dir=str(tmp_path),
+                                      sample_seeds=(0, 1))
     assert [s["sigma_1"] for s in summary] == [1.0, 30.0] and len(rows) == 20
     n = QUICK_RECIPE["sample_n"]
     for s in summary:
         mine = [r for r in rows if r["sigma_1"] == s["sigma_1"]]
-        assert sum(r["count"] for r in mine) == n == s["sample_n"]
+        assert sum(r["count"] for r in mine) == 2 * n and s["sample_n"] == n    # the histograms: both seeds
+        assert s["sample_seeds"] == "0/1" and s["digits_fid_seed_low"] < s["digits_fid"] < s["digits_fid_seed_high"]
         assert s["classes_covering_10pct"] == sum(r["covers_uniform"] for r in mine)
         assert all(r["ci_low"] <= r["proportion"] <= r["ci_high"] for r in mine)
     assert summary[0]["report_classes_covering_10pct"] == 0 and summary[1]["report_classes_covering_10pct"] == 8
@@ -96,6 +104,9 @@ def test_pictures_quick(tmp_path):
     (["schedules-study", "--quick", "--classifier", "/no/such/weights.pt"], "no such file"),
     (["schedules-study", "--quick", "--steps", "0"], "--steps"),
     (["initial-noise", "--quick", "--num-levels", "1"], "--num-levels: expected an int >= 2"),
+    (["initial-noise", "--quick", "--sample-seeds", "3"], "--sample-seeds: expected >= 2 different seeds"),
+    (["schedules-study", "--quick", "--sample-seeds", "1,1"], "--sample-seeds: expected >= 2 different seeds"),
+    (["schedules-study", "--quick", "--sample-seeds", "0,-1"], "--sample-seeds"),
     (["initial-noise", "--quick", "--schedule", "quadratic"], "--schedule: invalid choice"),
     (["initial-noise", "--quick", "--sigma-1s", "1,0.001"], "sigma_1 > sigma_L"),
     (["score-norm", "--checkpoint", "/no/such/model.pt"], "no such file"),

@@ -67,3 +67,26 @@ def test_bootstrap_is_a_function_of_its_seed_and_checks_its_arguments():
         fid_bootstrap(x[:1], ref)
     with pytest.raises(ValueError, match="^reference: has dimension"):
         fid_bootstrap(x, _gauss(500, 0.0, 4, d=3))
+
+
+def test_fid_intervals_per_seed_figures_are_the_metric_and_the_mean_has_both_intervals():
+    from fastncsn.data import embedded_digits
+    from fastncsn.metrics import digits_fid
+    from fastncsn.metrics.intervals import INTERVAL_COLUMNS, fid_intervals
+    x = embedded_digits()[0]
+    g = torch.Generator().manual_seed(0)
+    sets = [x[torch.randperm(x.shape[0], generator=g)[:200]] for _ in range(3)]
+    r = fid_intervals(sets, n_boot=20)
+    for f, s in zip(r["fids"], sets):
+        assert abs(f - digits_fid(s)) < 1e-6 * max(1.0, f)
+    assert all(lo <= f < hi for lo, f, hi in zip(r["boot_low"], r["fids"], r["boot_high"]))
+    assert r["fid_seed_low"] < r["fid_mean"] < r["fid_seed_high"] and r["fid_boot_low"] < r["fid_mean"]
+    assert set(INTERVAL_COLUMNS) <= set(r) and len(r["fid_seeds"].split("/")) == 3
+    # the bootstrap spread of the mean shrinks as 1/sqrt(seeds): one seed's is wider than three's
+    one = fid_intervals(sets[:1], n_boot=20)
+    assert one["fid_seed_low"] is None
+    assert one["fid_boot_high"] - one["fid_boot_low"] > r["fid_boot_high"] - r["fid_boot_low"]
+    with pytest.raises(ValueError, match="extractor, reference"):
+        fid_intervals(sets, extractor=lambda t: t.flatten(1))
+    with pytest.raises(ValueError, match="metric"):
+        fid_intervals(sets, metric="cifar")

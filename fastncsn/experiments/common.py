@@ -152,6 +152,58 @@ def fid_scorer(classifier: Optional[str]) -> Callable[[torch.Tensor], float]:
     return lambda x: metrics.fid(x, (ref.mean(), ref.cov()), net.features, 512)
 
 
+def fid_parts(classifier: Optional[str]):
+    """``(extractor, reference statistics)`` of digits-FID with the classifier at ``classifier``, or
+    ``(None, None)`` for the shipped one (``fastncsn.metrics.intervals.fid_intervals``'s default)."""
+    if classifier is None:
+        fid_scorer(None)                             # the shipped weights exist, else one line now
+        return None, None
+    from .. import metrics
+    from ..data import embedded_digits
+    net = classifier_module(classifier)
+    ref = metrics.compute_feature_stats(embedded_digits()[0], net.features, 512)
+    return net.features, (ref.mean(), ref.cov())
+
+
+def sample_seeds(model, r: dict, seeds: Sequence[int], parts: tuple = (None, None), progress: bool = False,
+                 init: Optional[str] = None, n_boot: int = 200):
+    """The recipe's samples of ``model`` for each sampling seed, scored with digits-FID and its intervals.
+
+    Returns ``(fields, samples, seconds)`` (``samples``: one tensor per seed): ``fields`` holds ``digits_fid`` (the mean over
+    the seeds) and ``digits_<column>`` for each of :data:`fastncsn.metrics.intervals.INTERVAL_COLUMNS` except
+    the mean (the Student-t interval over the seeds, the bootstrap spread, the per-seed FIDs)."""
+    from ..metrics.intervals import INTERVAL_COLUMNS, fid_intervals
+    sets, seconds = [], 0.0
+    for s in seeds:
+        x, t = sample_digits(model, dict(r, seed=int(s)), progress, init=init)
+        sets.append(x)
+        seconds += t
+    iv = fid_intervals(sets, extractor=parts[0], reference=parts[1], n_boot=n_boot)
+    fields = {"digits_fid": iv["fid_mean"], "sample_seeds": "/".join(str(int(s)) for s in seeds)}
+    fields.update({f"digits_{c}": iv[c] for c in INTERVAL_COLUMNS if c != "fid_mean"})
+    return fields, sets, seconds
+
+
+#: the columns :func:`sample_seeds` fills, after ``digits_fid``
+SEED_COLUMNS = ("digits_fid_seed_low", "digits_fid_seed_high", "digits_fid_boot_low", "digits_fid_boot_high",
+                "digits_fid_seeds", "sample_seeds")
+
+
+def add_seed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample-seeds", type=flags.listing(flags.seed, "seeds"), default="0,1,2",
+                   help="sampling seeds; digits-FID is their mean with a Student-t interval over them and "
+                        "a bootstrap interval over the samples (default 0,1,2; --quick: 0,1)")
+
+
+def resolve_seeds(a: argparse.Namespace) -> list:
+    seeds = list(a.sample_seeds)
+    if a.quick and seeds == [0, 1, 2]:
+        seeds = [0, 1]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ExperimentError(f"--sample-seeds: expected >= 2 different seeds >= 0, got {seeds!r}")
+    return seeds
+
+
 def classifier_module(classifier: Optional[str]):
     from .. import metrics
     check_file(classifier, "--classifier")

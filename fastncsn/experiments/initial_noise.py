@@ -36,7 +36,7 @@ NAME = "initial_noise"
 REPORT_COVERING = {1.0: 0, 30.0: 8}
 COLUMNS = ("sigma_1", "class", "count", "proportion", "ci_low", "ci_high", "covers_uniform")
 SUMMARY_COLUMNS = ("sigma_1", "num_levels", "classes_covering_10pct", "report_classes_covering_10pct",
-                   "max_abs_dev_from_uniform", "digits_fid", "sample_n", "train_s", "sample_s")
+                   "max_abs_dev_from_uniform", "digits_fid", *common.SEED_COLUMNS, "sample_n", "train_s", "sample_s")
 #: CPU default: T per level (the report: 100); 200 levels x 2 steps = 400 network calls per sample
 CPU_STEPS_PER_LEVEL = 2
 
@@ -44,7 +44,7 @@ CPU_STEPS_PER_LEVEL = 2
 def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L: float = 0.01,
         schedule: str = "geometric", recipe: Optional[dict] = None, out_dir: str = "docs/results",
         quick: bool = False, classifier: Optional[str] = None, init: str = "gaussian", progress: bool = False,
-        command: Optional[str] = None, runs_dir: Optional[str] = None) -> tuple:
+        command: Optional[str] = None, runs_dir: Optional[str] = None, sample_seeds: Sequence[int] = (0, 1, 2)) -> tuple:
     """Train and sample one model per ``sigma_1``; class histograms, table, CSV and plot.
 
     Args:
@@ -54,6 +54,8 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
             ``steps_per_level`` defaults to ``CPU_STEPS_PER_LEVEL`` here.
         classifier: digits classifier weights (labels and FID; default: the shipped one).
         init: ``"gaussian"`` (N(0, sigma_1^2)) or ``"uniform"`` (U[0, 1)) starting points.
+        sample_seeds: sampling seeds (>= 2): the histograms count the samples of all of them; digits-FID is
+            the mean over them with its intervals (:func:`fastncsn.experiments.common.sample_seeds`).
 
     Returns:
         ``(rows, summary)``: one row per (sigma_1, class) with ``COLUMNS`` and one summary
@@ -74,17 +76,18 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
         over.setdefault("steps_per_level", CPU_STEPS_PER_LEVEL)
     r = common.resolve_recipe(quick, over)
     net = common.classifier_module(classifier)
-    score = common.fid_scorer(classifier)
+    parts = common.fid_parts(classifier)
     os.makedirs(out_dir, exist_ok=True)
     rows, summary, hists, grids = [], [], {}, []
     for s1 in sigma_1s:
         run_dir = os.path.join(runs_dir or os.path.join(out_dir, "runs"),
                                common.run_name(schedule, num_levels, s1, sigma_L, r))
         model, t_train = common.train_digits(run_dir, schedule, num_levels, s1, sigma_L, r, progress)
-        x, t_sample = common.sample_digits(model, r, progress, init=init)
+        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress, init=init)
+        x = torch.cat(sets)                              # the histogram: the samples of every seed
         h = class_histogram(x, classifier=net)
         hists[s1] = h
-        grids.append(x[:20])
+        grids.append(sets[0][:20])
         cover = h.covers(0.1)
         for k in range(h.num_classes):
             rows.append(dict(sigma_1=s1, **{"class": k}, count=int(h.counts[k]), proportion=float(h.proportions[k]),
@@ -92,7 +95,7 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
         summary.append(dict(sigma_1=s1, num_levels=num_levels, classes_covering_10pct=int(cover.sum()),
                             report_classes_covering_10pct=REPORT_COVERING.get(s1),
                             max_abs_dev_from_uniform=float(np.abs(h.proportions - 0.1).max()),
-                            digits_fid=float(score(x)), sample_n=int(x.shape[0]), train_s=round(t_train, 1),
+                            **fields, sample_n=int(sets[0].shape[0]), train_s=round(t_train, 1),
                             sample_s=round(t_sample, 1)))
         if progress:
             print(f"sigma_1 = {s1:g}: {int(cover.sum())} of 10 class intervals contain 10%")
@@ -102,8 +105,11 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
     save_grid(torch.cat(grids), os.path.join(out_dir, NAME + "_samples.png"), nrow=grids[0].shape[0], scale=2)
     body = (f"Seed 000 section 7 (Figures 13-14) on the embedded digits: {schedule} ladder, L = {num_levels}, "
             f"sigma_L = {sigma_L:g}, starting points {'N(0, sigma_1^2 I)' if init == 'gaussian' else 'U[0, 1)'}. "
-            f"Recipe: {common.recipe_text(r)}. Labels: the shipped digits classifier; intervals: 95% Wilson, "
-            f"per class.\n\n" + common.markdown_table(summary, SUMMARY_COLUMNS) + "\n\n"
+            f"Recipe: {common.recipe_text(r)}. Sampling seeds {', '.join(map(str, sample_seeds))} "
+            f"({r['sample_n']} samples each): the histograms count all of them, digits_fid is the mean over the "
+            f"seeds (digits_fid_seed_low / high: Student-t 95% interval over the seeds; digits_fid_boot_low / "
+            f"high: the bootstrap's 95% spread of that mean). Labels: the shipped digits classifier; intervals: "
+            f"95% Wilson, per class.\n\n" + common.markdown_table(summary, SUMMARY_COLUMNS) + "\n\n"
             + _class_table(hists) + f"\n\n![class histograms]({NAME}.png)\n\n"
             f"Samples (the first 20 of each sigma_1, in table order):\n\n![samples]({NAME}_samples.png)\n")
     common.write_markdown(os.path.join(out_dir, NAME + ".md"), "Initial noise and class coverage (seed 000 section 7)",
@@ -150,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", type=flags.existing_file,
                    help="digits classifier weights (default: the shipped one)")
     common.add_common_arguments(p)
+    common.add_seed_arguments(p)
     return p
 
 
@@ -157,7 +164,8 @@ def _execute(a: argparse.Namespace, command: str) -> tuple:
     L = a.num_levels if a.num_levels is not None else (20 if a.quick else 200)
     rows, summary = run(a.sigma_1s, L, a.sigma_L, a.schedule,
                         recipe=common.recipe_overrides(a), out_dir=a.out_dir, quick=a.quick, classifier=a.classifier,
-                        init=a.init, progress=not a.quiet, command=command, runs_dir=a.runs_dir)
+                        init=a.init, progress=not a.quiet, command=command, runs_dir=a.runs_dir,
+                        sample_seeds=common.resolve_seeds(a))
     print(common.markdown_table(summary, SUMMARY_COLUMNS))
     print(f"written {a.out_dir}/{NAME}.md, .csv, .png, _samples.png")
     return rows, summary

@@ -32,7 +32,7 @@ from ..schedules import SCHEDULES
 NAME = "schedules_study"
 #: seed 000 Figure 2 (MNIST, Inception FID, L = 10, sigma 1 -> 0.01, T = 100, eps = 2e-5)
 REPORT_MNIST_FID = {"geometric": 43.33, "linear": 70.97, "cosine": 130.70, "squared_cosine": 40.44, "sigmoid": 32.46}
-COLUMNS = ("schedule", "digits_fid", "report_mnist_fid", "rank", "report_rank", "final_loss", "train_steps",
+COLUMNS = ("schedule", "digits_fid", *common.SEED_COLUMNS, "report_mnist_fid", "rank", "report_rank", "final_loss", "train_steps",
            "sample_n", "train_s", "sample_s")
 
 
@@ -55,7 +55,7 @@ def spearman(a: dict, b: dict) -> Optional[float]:
 def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: float = 1.0, sigma_L: float = 0.01,
         recipe: Optional[dict] = None, out_dir: str = "docs/results", quick: bool = False,
         classifier: Optional[str] = None, progress: bool = False, command: Optional[str] = None,
-        runs_dir: Optional[str] = None) -> list:
+        runs_dir: Optional[str] = None, sample_seeds: Sequence[int] = (0, 1, 2)) -> list:
     """Train, sample and score one model per schedule; write the table, CSV and plots.
 
     Args:
@@ -64,39 +64,43 @@ def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: flo
         recipe: training/sampling recipe (default ``CPU_DIGITS_RECIPE``, or ``QUICK_RECIPE`` when ``quick``).
         classifier: digits classifier weights for the FID (default: the shipped one).
         runs_dir: where the trained models are kept and reused (default ``<out_dir>/runs``).
+        sample_seeds: sampling seeds (>= 2); ``digits_fid`` is their mean, with the Student-t interval over
+            them and the bootstrap spread over the samples (:func:`fastncsn.experiments.common.sample_seeds`).
 
     Returns:
-        one row per schedule: ``schedule, digits_fid, report_mnist_fid, rank, report_rank, final_loss,
-        train_steps, sample_n, train_s, sample_s``.
+        one row per schedule with the keys of :data:`COLUMNS`.
     """
     from ..images import save_grid
     from ..data import embedded_digits
     schedules = common.check_schedules(schedules)
     common.check_levels(num_levels, sigma_1, sigma_L)
     r = common.resolve_recipe(quick, recipe)
-    score = common.fid_scorer(classifier)           # fails now, not after an hour of training
+    parts = common.fid_parts(classifier)           # fails now, not after an hour of training
     os.makedirs(out_dir, exist_ok=True)
     rows, grids = [], []
     for kind in schedules:
         run_dir = os.path.join(runs_dir or os.path.join(out_dir, "runs"),
                                common.run_name(kind, num_levels, sigma_1, sigma_L, r))
         model, t_train = common.train_digits(run_dir, kind, num_levels, sigma_1, sigma_L, r, progress)
-        x, t_sample = common.sample_digits(model, r, progress)
-        fid = float(score(x))
-        grids.append(x[:10])
-        rows.append(dict(schedule=kind, digits_fid=fid, report_mnist_fid=REPORT_MNIST_FID.get(kind),
+        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress)
+        fid = fields["digits_fid"]
+        grids.append(sets[0][:10])
+        rows.append(dict(schedule=kind, **fields, report_mnist_fid=REPORT_MNIST_FID.get(kind),
                          final_loss=common.last_loss(run_dir), train_steps=getattr(model, "train_step", r["steps"]),
-                         sample_n=int(x.shape[0]), train_s=round(t_train, 1), sample_s=round(t_sample, 1)))
+                         sample_n=int(sets[0].shape[0]), train_s=round(t_train, 1), sample_s=round(t_sample, 1)))
         if progress:
             print(f"{kind}: digits-FID {fid:.2f} ({t_train:.0f} s training, {t_sample:.0f} s sampling)")
     ours = _ranks({row["schedule"]: row["digits_fid"] for row in rows})
     theirs = _ranks({k: v for k, v in REPORT_MNIST_FID.items() if k in ours})
     for row in rows:
         row["rank"], row["report_rank"] = ours[row["schedule"]], theirs.get(row["schedule"])
-    # the floor: FID of sample_n real digits (a perfect model reaches about this with as many samples)
+    # the floor: FID of sample_n real digits, one draw per sampling seed (a perfect model reaches about this)
+    from ..metrics.intervals import fid_intervals
     real = embedded_digits()[0]
-    pick = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(r["seed"]))[:r["sample_n"]]
-    floor = float(score(real[pick]))
+    draws = [real[torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(int(s)))[:r["sample_n"]]]
+             for s in sample_seeds]
+    fl = fid_intervals(draws, extractor=parts[0], reference=parts[1], n_boot=20)
+    floor = fl["fid_mean"]
 
     common.write_csv(os.path.join(out_dir, NAME + ".csv"), rows, COLUMNS)
     _plot(rows, floor, os.path.join(out_dir, NAME + ".png"))
@@ -106,7 +110,11 @@ def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: flo
             f"(ladders rescaled onto these endpoints). Recipe: {common.recipe_text(r)}.\n\n"
             f"digits-FID: FID in the 64-d features of the shipped digits classifier against all 1797 embedded "
             f"digits (not comparable in scale with the report's Inception FIDs on MNIST; compare orderings). "
-            f"Rank 1 = best. {r['sample_n']} real digits score {floor:.3g} (the floor at this sample size).\n\n"
+            f"Rank 1 = best. digits_fid: the mean over the sampling seeds {', '.join(map(str, sample_seeds))}; "
+            f"digits_fid_seed_low / high: its Student-t 95% interval over the seeds; digits_fid_boot_low / high: "
+            f"the 95% spread of that mean from resampling the samples alone (bootstrap); digits_fid_seeds: "
+            f"the seeds' FIDs. {r['sample_n']} real digits score {floor:.3g} (mean of {len(draws)} draws: "
+            f"{fl['fid_seeds']}; the floor at this sample size).\n\n"
             + common.markdown_table(rows, COLUMNS) +
             f"\n\nSpearman rank correlation with the report's MNIST ordering: {common.fmt(rho, 3)}.\n\n"
             f"![digits-FID per schedule]({NAME}.png)\n\nSamples (one row per schedule, in table order):\n\n"
@@ -120,7 +128,10 @@ def _plot(rows: list, floor: float, path: str) -> None:
     plt = common.pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = [row["schedule"] for row in rows]
-    a.bar(names, [row["digits_fid"] for row in rows], color="#4c72b0")
+    fids = [row["digits_fid"] for row in rows]
+    err = [[f - (row["digits_fid_seed_low"] if row.get("digits_fid_seed_low") is not None else f) for f, row in
+            zip(fids, rows)], [(row["digits_fid_seed_high"] or f) - f for f, row in zip(fids, rows)]]
+    a.bar(names, fids, yerr=err, capsize=3, color="#4c72b0")
     a.axhline(floor, color="#c44e52", linestyle="--", linewidth=1, label="real digits (same n)")
     a.set_ylabel("digits-FID (lower is better)"); a.set_title("this package, embedded digits"); a.legend(fontsize=8)
     rep = [(n, REPORT_MNIST_FID[n]) for n in names if n in REPORT_MNIST_FID]
@@ -141,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", type=flags.existing_file,
                    help="digits classifier weights for the FID (default: the shipped one)")
     common.add_common_arguments(p)
+    common.add_seed_arguments(p)
     return p
 
 
@@ -148,7 +160,7 @@ def _execute(a: argparse.Namespace, command: str) -> list:
     rows = run(a.schedules, a.num_levels, a.sigma_1, a.sigma_L,
                recipe=common.recipe_overrides(a), out_dir=a.out_dir,
                quick=a.quick, classifier=a.classifier, progress=not a.quiet, command=command,
-               runs_dir=a.runs_dir)
+               runs_dir=a.runs_dir, sample_seeds=common.resolve_seeds(a))
     print(common.markdown_table(rows, COLUMNS))
     print(f"written {a.out_dir}/{NAME}.md, .csv, .png, _samples.png")
     return rows
