@@ -61,6 +61,7 @@ def test_initial_noise_quick(tmp_path):
         assert s["sample_seeds"] == "0/1" and s["digits_fid_seed_low"] < s["digits_fid"] < s["digits_fid_seed_high"]
         assert s["classes_covering_10pct"] == sum(r["covers_uniform"] for r in mine)
         assert all(r["ci_low"] <= r["proportion"] <= r["ci_high"] for r in mine)
+        assert 0.0 <= s["tv_seeds"] <= 1.0 and s["tv_double_T"] is None      # no --mixing-check
     assert summary[0]["report_classes_covering_10pct"] == 0 and summary[1]["report_classes_covering_10pct"] == 8
     cols, csv_rows = _rows(tmp_path / "initial_noise.csv")
     assert tuple(cols) == initial_noise.COLUMNS and len(csv_rows) == 20
@@ -143,3 +144,24 @@ def test_experiment_recipe_trains_like_the_cli_recipe():
     from fastncsn.experiments import CPU_DIGITS_RECIPE
     from fastncsn.training import CPU_DIGITS_RECIPE as TRAIN
     assert {k: CPU_DIGITS_RECIPE[k] for k in TRAIN} == TRAIN
+
+
+def test_initial_noise_mnist_with_mixing_check(tmp_path):
+    """--data mnist: the MNIST classifier labels, MNIST-FID columns, outputs named initial_noise_mnist.*;
+    --mixing-check adds the 2T draw's total variation."""
+    from fastncsn.data import mnist_tensor
+    try:
+        mnist_tensor(False)
+    except FileNotFoundError:
+        pytest.skip("MNIST data package not installed (README Quick start)")
+    assert cli.main(["experiment", "initial-noise", "--quick", "--quiet", "--num-levels", "3", "--sigma-1s", "1",
+                     "--data", "mnist", "--mixing-check", "--out-dir", str(tmp_path)]) == 0
+    cols, rows = _rows(tmp_path / "initial_noise_mnist_summary.csv")
+    assert "mnist_fid" in cols and "mnist_fid_seed_low" in cols and not any(c.startswith("digits_") for c in cols)
+    (row,) = rows
+    assert float(row["mnist_fid_seed_low"]) < float(row["mnist_fid"]) < float(row["mnist_fid_seed_high"])
+    assert 0.0 <= float(row["tv_double_T"]) <= 1.0 and 0.0 <= float(row["tv_seeds"]) <= 1.0
+    md = (tmp_path / "initial_noise_mnist.md").read_text()
+    assert "MNIST-FID" in md and "on MNIST" in md
+    assert not (tmp_path / "initial_noise.csv").exists()
+    assert any("mnist_" in p.name for p in (tmp_path / "runs").iterdir())

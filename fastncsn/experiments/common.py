@@ -152,41 +152,93 @@ def fid_scorer(classifier: Optional[str]) -> Callable[[torch.Tensor], float]:
     return lambda x: metrics.fid(x, (ref.mean(), ref.cov()), net.features, 512)
 
 
-def fid_parts(classifier: Optional[str]):
-    """``(extractor, reference statistics)`` of digits-FID with the classifier at ``classifier``, or
+#: the datasets the training experiments run on, with the metric of each (``fastncsn.metrics``: digits-FID
+#: against the 1797 embedded digits, MNIST-FID against the 60,000 MNIST training digits)
+DATASETS = ("digits", "mnist")
+
+
+def check_data(data: str) -> str:
+    if data not in DATASETS:
+        raise ExperimentError(f"--data: expected one of {', '.join(DATASETS)}, got {data!r}")
+    if data == "mnist":
+        from ..data import mnist_tensor
+        try:
+            mnist_tensor(False)                      # the data package is there, else one line now
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            raise ExperimentError(str(exc).splitlines()[0]) from None
+    return data
+
+
+def fid_parts(classifier: Optional[str], data: str = "digits"):
+    """``(extractor, reference statistics)`` of ``data``'s FID with the classifier at ``classifier``, or
     ``(None, None)`` for the shipped one (``fastncsn.metrics.intervals.fid_intervals``'s default)."""
-    if classifier is None:
-        fid_scorer(None)                             # the shipped weights exist, else one line now
-        return None, None
     from .. import metrics
-    from ..data import embedded_digits
-    net = classifier_module(classifier)
-    ref = metrics.compute_feature_stats(embedded_digits()[0], net.features, 512)
+    if classifier is None:
+        if data == "digits":
+            fid_scorer(None)                         # the shipped weights exist, else one line now
+        elif not metrics.MNIST_CLASSIFIER_PATH.is_file():
+            raise ExperimentError(f"MNIST classifier weights missing ({metrics.MNIST_CLASSIFIER_PATH}); create "
+                                  "them with  python -m fastncsn.metrics --train-mnist-classifier")
+        return None, None
+    net = classifier_module(classifier, data)
+    ref = metrics.compute_feature_stats(reference_images(data), net.features, 512)
     return net.features, (ref.mean(), ref.cov())
 
 
-def sample_seeds(model, r: dict, seeds: Sequence[int], parts: tuple = (None, None), progress: bool = False,
-                 init: Optional[str] = None, n_boot: int = 200):
-    """The recipe's samples of ``model`` for each sampling seed, scored with digits-FID and its intervals.
+def reference_images(data: str = "digits") -> torch.Tensor:
+    """The real images ``data``'s FID is measured against: all embedded digits / the MNIST training split."""
+    from ..data import embedded_digits, mnist_tensor
+    return embedded_digits()[0] if data == "digits" else mnist_tensor(True)[0]
 
-    Returns ``(fields, samples, seconds)`` (``samples``: one tensor per seed): ``fields`` holds ``digits_fid`` (the mean over
-    the seeds) and ``digits_<column>`` for each of :data:`fastncsn.metrics.intervals.INTERVAL_COLUMNS` except
-    the mean (the Student-t interval over the seeds, the bootstrap spread, the per-seed FIDs)."""
+
+def sample_seeds(model, r: dict, seeds: Sequence[int], parts: tuple = (None, None), progress: bool = False,
+                 init: Optional[str] = None, n_boot: int = 200, data: str = "digits"):
+    """The recipe's samples of ``model`` for each sampling seed, scored with ``data``'s FID and its intervals.
+
+    Returns ``(fields, samples, seconds)`` (``samples``: one tensor per seed): ``fields`` holds ``<data>_fid``
+    (the mean over the seeds) and ``<data>_<column>`` for each of
+    :data:`fastncsn.metrics.intervals.INTERVAL_COLUMNS` except the mean (the Student-t interval over the
+    seeds, the bootstrap spread, the per-seed FIDs)."""
     from ..metrics.intervals import INTERVAL_COLUMNS, fid_intervals
     sets, seconds = [], 0.0
     for s in seeds:
         x, t = sample_digits(model, dict(r, seed=int(s)), progress, init=init)
         sets.append(x)
         seconds += t
-    iv = fid_intervals(sets, extractor=parts[0], reference=parts[1], n_boot=n_boot)
-    fields = {"digits_fid": iv["fid_mean"], "sample_seeds": "/".join(str(int(s)) for s in seeds)}
-    fields.update({f"digits_{c}": iv[c] for c in INTERVAL_COLUMNS if c != "fid_mean"})
+    iv = fid_intervals(sets, data, extractor=parts[0], reference=parts[1], n_boot=n_boot)
+    fields = {f"{data}_fid": iv["fid_mean"], "sample_seeds": "/".join(str(int(s)) for s in seeds)}
+    fields.update({f"{data}_{c}": iv[c] for c in INTERVAL_COLUMNS if c != "fid_mean"})
     return fields, sets, seconds
 
 
 #: the columns :func:`sample_seeds` fills, after ``digits_fid``
 SEED_COLUMNS = ("digits_fid_seed_low", "digits_fid_seed_high", "digits_fid_boot_low", "digits_fid_boot_high",
                 "digits_fid_seeds", "sample_seeds")
+
+
+#: per dataset: (what it is, its FID in words), for the Markdown pages
+DATA_TEXT = {
+    "digits": ("the embedded digits", "digits-FID: FID in the 64-d features of the shipped digits classifier "
+               "against all 1797 embedded digits"),
+    "mnist": ("MNIST (the 60,000 training digits)", "MNIST-FID: FID in the 64-d features of the shipped MNIST "
+              "classifier against the 60,000 MNIST training digits"),
+}
+
+
+def output_name(name: str, data: str) -> str:
+    """The file stem of an experiment's outputs: ``name`` on the digits, ``name_mnist`` on MNIST."""
+    return name if data == "digits" else f"{name}_{data}"
+
+
+def metric_columns(columns: Sequence[str], data: str) -> tuple:
+    """``columns`` with the digits-FID names (``digits_fid...``) renamed for ``data``'s metric."""
+    return tuple(data + c[len("digits"):] if c.startswith("digits_fid") else c for c in columns)
+
+
+def add_data_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", choices=list(DATASETS),
+                   help="training data: the embedded digits (scored with digits-FID) or MNIST (offline, the data "
+                        "package of README's Quick start; scored with MNIST-FID)")
 
 
 def add_seed_arguments(p: argparse.ArgumentParser) -> None:
@@ -204,27 +256,31 @@ def resolve_seeds(a: argparse.Namespace) -> list:
     return seeds
 
 
-def classifier_module(classifier: Optional[str]):
+def classifier_module(classifier: Optional[str], data: str = "digits"):
+    """The classifier at ``classifier``, else the shipped one of ``data`` (digits or MNIST)."""
     from .. import metrics
     check_file(classifier, "--classifier")
+    if classifier is None and data == "mnist":
+        return metrics.load_mnist_classifier()
     return metrics.load_digits_classifier(classifier)
 
 
-def run_name(schedule: str, num_levels: int, sigma_1: float, sigma_L: float, r: dict) -> str:
-    return (f"{schedule}_L{num_levels}_s{sigma_1:g}-{sigma_L:g}_ngf{r['ngf']}_bs{r['batch_size']}_lr{r['lr']:g}"
+def run_name(schedule: str, num_levels: int, sigma_1: float, sigma_L: float, r: dict, data: str = "digits") -> str:
+    return (("" if data == "digits" else f"{data}_") + f"{schedule}_L{num_levels}_s{sigma_1:g}-{sigma_L:g}_ngf{r['ngf']}_bs{r['batch_size']}_lr{r['lr']:g}"
             f"_seed{r['seed']}")
 
 
 def train_digits(run_dir: str, schedule: str, num_levels: int, sigma_1: float, sigma_L: float, r: dict,
-                 progress: bool = False):
-    """Train (or resume, or reuse a finished run in ``run_dir``) a digits model; returns ``(model, seconds)``.
+                 progress: bool = False, data: str = "digits"):
+    """Train (or resume, or reuse a finished run in ``run_dir``) a model on ``data`` (the embedded digits or
+    MNIST); returns ``(model, seconds)``.
 
     With ``r["ema_rate"]`` the EMA weights of the last checkpoint are returned.
     """
     from ..checkpoint import load
     from ..training import find_checkpoints, train
     t0 = time.time()
-    model = train(None, data="digits", steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], out_dir=run_dir,
+    model = train(None, data=data, steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], out_dir=run_dir,
                   checkpoint_every=max(1, min(500, r["steps"])), keep_last=1, ema_rate=r["ema_rate"],
                   seed=r["seed"], progress=progress, ngf=r["ngf"], num_levels=num_levels, sigma_1=sigma_1,
                   sigma_L=sigma_L, schedule=schedule, extra={"experiment_recipe": dict(r)})

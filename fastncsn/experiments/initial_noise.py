@@ -36,7 +36,8 @@ NAME = "initial_noise"
 REPORT_COVERING = {1.0: 0, 30.0: 8}
 COLUMNS = ("sigma_1", "class", "count", "proportion", "ci_low", "ci_high", "covers_uniform")
 SUMMARY_COLUMNS = ("sigma_1", "num_levels", "classes_covering_10pct", "report_classes_covering_10pct",
-                   "max_abs_dev_from_uniform", "digits_fid", *common.SEED_COLUMNS, "sample_n", "train_s", "sample_s")
+                   "max_abs_dev_from_uniform", "tv_seeds", "tv_double_T", "digits_fid", *common.SEED_COLUMNS, "sample_n",
+                   "steps_per_level", "train_s", "sample_s")
 #: CPU default: T per level (the report: 100); 200 levels x 2 steps = 400 network calls per sample
 CPU_STEPS_PER_LEVEL = 2
 
@@ -44,7 +45,8 @@ CPU_STEPS_PER_LEVEL = 2
 def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L: float = 0.01,
         schedule: str = "geometric", recipe: Optional[dict] = None, out_dir: str = "docs/results",
         quick: bool = False, classifier: Optional[str] = None, init: str = "gaussian", progress: bool = False,
-        command: Optional[str] = None, runs_dir: Optional[str] = None, sample_seeds: Sequence[int] = (0, 1, 2)) -> tuple:
+        command: Optional[str] = None, runs_dir: Optional[str] = None, sample_seeds: Sequence[int] = (0, 1, 2),
+        data: str = "digits", mixing_check: bool = False) -> tuple:
     """Train and sample one model per ``sigma_1``; class histograms, table, CSV and plot.
 
     Args:
@@ -56,6 +58,12 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
         init: ``"gaussian"`` (N(0, sigma_1^2)) or ``"uniform"`` (U[0, 1)) starting points.
         sample_seeds: sampling seeds (>= 2): the histograms count the samples of all of them; digits-FID is
             the mean over them with its intervals (:func:`fastncsn.experiments.common.sample_seeds`).
+        data: ``"digits"`` or ``"mnist"`` (MNIST-FID and the MNIST classifier's labels; outputs
+            ``initial_noise_mnist.*``).
+        mixing_check: also draw the first seed's samples with 2T steps per level: ``tv_double_T`` (total
+            variation between their class histogram and the second seed's at T) against ``tv_seeds`` (the
+            first and second seeds at T, the sampling noise): chains that have mixed in the class
+            proportions give ``tv_double_T`` about ``tv_seeds``.
 
     Returns:
         ``(rows, summary)``: one row per (sigma_1, class) with ``COLUMNS`` and one summary
@@ -75,15 +83,22 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
     if not quick:
         over.setdefault("steps_per_level", CPU_STEPS_PER_LEVEL)
     r = common.resolve_recipe(quick, over)
-    net = common.classifier_module(classifier)
-    parts = common.fid_parts(classifier)
+    data = common.check_data(data)
+    key, name = f"{data}_fid", common.output_name(NAME, data)
+    net = common.classifier_module(classifier, data)
+    parts = common.fid_parts(classifier, data)
     os.makedirs(out_dir, exist_ok=True)
     rows, summary, hists, grids = [], [], {}, []
     for s1 in sigma_1s:
         run_dir = os.path.join(runs_dir or os.path.join(out_dir, "runs"),
-                               common.run_name(schedule, num_levels, s1, sigma_L, r))
-        model, t_train = common.train_digits(run_dir, schedule, num_levels, s1, sigma_L, r, progress)
-        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress, init=init)
+                               common.run_name(schedule, num_levels, s1, sigma_L, r, data))
+        model, t_train = common.train_digits(run_dir, schedule, num_levels, s1, sigma_L, r, progress, data)
+        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress, init=init, data=data)
+        tv_double = None
+        if mixing_check:
+            x2, t2 = common.sample_digits(model, dict(r, seed=int(sample_seeds[0]),
+                                                      steps_per_level=2 * r["steps_per_level"]), progress, init=init)
+            tv_double, t_sample = _tv(x2, sets[1], net), t_sample + t2
         x = torch.cat(sets)                              # the histogram: the samples of every seed
         h = class_histogram(x, classifier=net)
         hists[s1] = h
@@ -95,26 +110,42 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
         summary.append(dict(sigma_1=s1, num_levels=num_levels, classes_covering_10pct=int(cover.sum()),
                             report_classes_covering_10pct=REPORT_COVERING.get(s1),
                             max_abs_dev_from_uniform=float(np.abs(h.proportions - 0.1).max()),
-                            **fields, sample_n=int(sets[0].shape[0]), train_s=round(t_train, 1),
+                            tv_seeds=_tv(sets[0], sets[1], net), tv_double_T=tv_double,
+                            **fields, sample_n=int(sets[0].shape[0]), steps_per_level=r["steps_per_level"],
+                            train_s=round(t_train, 1),
                             sample_s=round(t_sample, 1)))
         if progress:
             print(f"sigma_1 = {s1:g}: {int(cover.sum())} of 10 class intervals contain 10%")
 
-    common.write_csv(os.path.join(out_dir, NAME + ".csv"), rows, COLUMNS)
-    _plot(hists, os.path.join(out_dir, NAME + ".png"))
-    save_grid(torch.cat(grids), os.path.join(out_dir, NAME + "_samples.png"), nrow=grids[0].shape[0], scale=2)
-    body = (f"Seed 000 section 7 (Figures 13-14) on the embedded digits: {schedule} ladder, L = {num_levels}, "
+    cols = common.metric_columns(SUMMARY_COLUMNS, data)
+    common.write_csv(os.path.join(out_dir, name + ".csv"), rows, COLUMNS)
+    common.write_csv(os.path.join(out_dir, name + "_summary.csv"), summary, cols)
+    _plot(hists, os.path.join(out_dir, name + ".png"))
+    save_grid(torch.cat(grids), os.path.join(out_dir, name + "_samples.png"), nrow=grids[0].shape[0], scale=2)
+    what, metric = common.DATA_TEXT[data]
+    body = (f"Seed 000 section 7 (Figures 13-14) on {what}: {schedule} ladder, L = {num_levels}, "
             f"sigma_L = {sigma_L:g}, starting points {'N(0, sigma_1^2 I)' if init == 'gaussian' else 'U[0, 1)'}. "
             f"Recipe: {common.recipe_text(r)}. Sampling seeds {', '.join(map(str, sample_seeds))} "
-            f"({r['sample_n']} samples each): the histograms count all of them, digits_fid is the mean over the "
-            f"seeds (digits_fid_seed_low / high: Student-t 95% interval over the seeds; digits_fid_boot_low / "
-            f"high: the bootstrap's 95% spread of that mean). Labels: the shipped digits classifier; intervals: "
-            f"95% Wilson, per class.\n\n" + common.markdown_table(summary, SUMMARY_COLUMNS) + "\n\n"
-            + _class_table(hists) + f"\n\n![class histograms]({NAME}.png)\n\n"
-            f"Samples (the first 20 of each sigma_1, in table order):\n\n![samples]({NAME}_samples.png)\n")
-    common.write_markdown(os.path.join(out_dir, NAME + ".md"), "Initial noise and class coverage (seed 000 section 7)",
+            f"({r['sample_n']} samples each): the histograms count all of them, {key} is the mean over the "
+            f"seeds ({key}_seed_low / high: Student-t 95% interval over the seeds; {key}_boot_low / "
+            f"high: the bootstrap's 95% spread of that mean; {metric}). Labels: the shipped {data} classifier; "
+            f"intervals: 95% Wilson, per class. Mixing: tv_seeds is the total variation between the class "
+            f"histograms of the first two seeds (sampling noise alone); tv_double_T (with --mixing-check) the "
+            f"first seed drawn with 2T steps per level against the second at T -- about tv_seeds when the chains "
+            f"have mixed in the class proportions, larger when T was too short.\n\n"
+            + common.markdown_table(summary, cols) + "\n\n"
+            + _class_table(hists) + f"\n\n![class histograms]({name}.png)\n\n"
+            f"Samples (the first 20 of each sigma_1, in table order):\n\n![samples]({name}_samples.png)\n")
+    common.write_markdown(os.path.join(out_dir, name + ".md"), "Initial noise and class coverage (seed 000 section 7)",
                           command or "fastncsn experiment initial-noise", body, quick)
     return rows, summary
+
+
+def _tv(a: torch.Tensor, b: torch.Tensor, net) -> float:
+    """Total variation distance between the predicted-class histograms of two sample sets."""
+    with torch.no_grad():
+        ha, hb = (torch.bincount(net(x.clamp(0, 1)).argmax(1), minlength=10).double() / x.shape[0] for x in (a, b))
+    return float(0.5 * (ha - hb).abs().sum())
 
 
 def _class_table(hists: dict) -> str:
@@ -155,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="starting points: gaussian N(0, sigma_1^2) or uniform U[0, 1)")
     p.add_argument("--classifier", type=flags.existing_file,
                    help="digits classifier weights (default: the shipped one)")
+    p.add_argument("--mixing-check", action="store_true",
+                   help="also draw the first seed with 2T steps per level (tv_double_T: have the chains mixed?)")
     common.add_common_arguments(p)
+    common.add_data_argument(p)
     common.add_seed_arguments(p)
     return p
 
@@ -165,9 +199,9 @@ def _execute(a: argparse.Namespace, command: str) -> tuple:
     rows, summary = run(a.sigma_1s, L, a.sigma_L, a.schedule,
                         recipe=common.recipe_overrides(a), out_dir=a.out_dir, quick=a.quick, classifier=a.classifier,
                         init=a.init, progress=not a.quiet, command=command, runs_dir=a.runs_dir,
-                        sample_seeds=common.resolve_seeds(a))
-    print(common.markdown_table(summary, SUMMARY_COLUMNS))
-    print(f"written {a.out_dir}/{NAME}.md, .csv, .png, _samples.png")
+                        sample_seeds=common.resolve_seeds(a), data=a.data, mixing_check=a.mixing_check)
+    print(common.markdown_table(summary, common.metric_columns(SUMMARY_COLUMNS, a.data)))
+    print(f"written {a.out_dir}/{common.output_name(NAME, a.data)}.md, .csv, _summary.csv, .png, _samples.png")
     return rows, summary
 
 

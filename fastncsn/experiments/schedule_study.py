@@ -55,7 +55,7 @@ def spearman(a: dict, b: dict) -> Optional[float]:
 def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: float = 1.0, sigma_L: float = 0.01,
         recipe: Optional[dict] = None, out_dir: str = "docs/results", quick: bool = False,
         classifier: Optional[str] = None, progress: bool = False, command: Optional[str] = None,
-        runs_dir: Optional[str] = None, sample_seeds: Sequence[int] = (0, 1, 2)) -> list:
+        runs_dir: Optional[str] = None, sample_seeds: Sequence[int] = (0, 1, 2), data: str = "digits") -> list:
     """Train, sample and score one model per schedule; write the table, CSV and plots.
 
     Args:
@@ -64,76 +64,83 @@ def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: flo
         recipe: training/sampling recipe (default ``CPU_DIGITS_RECIPE``, or ``QUICK_RECIPE`` when ``quick``).
         classifier: digits classifier weights for the FID (default: the shipped one).
         runs_dir: where the trained models are kept and reused (default ``<out_dir>/runs``).
+        data: ``"digits"`` or ``"mnist"`` (the FID columns are then ``mnist_fid...``: MNIST-FID).
         sample_seeds: sampling seeds (>= 2); ``digits_fid`` is their mean, with the Student-t interval over
             them and the bootstrap spread over the samples (:func:`fastncsn.experiments.common.sample_seeds`).
 
     Returns:
-        one row per schedule with the keys of :data:`COLUMNS`.
+        one row per schedule with the keys of :data:`COLUMNS` (``common.metric_columns(COLUMNS, data)``).
     """
     from ..images import save_grid
-    from ..data import embedded_digits
     schedules = common.check_schedules(schedules)
+    data = common.check_data(data)
+    key, cols, name = f"{data}_fid", common.metric_columns(COLUMNS, data), common.output_name(NAME, data)
     common.check_levels(num_levels, sigma_1, sigma_L)
     r = common.resolve_recipe(quick, recipe)
-    parts = common.fid_parts(classifier)           # fails now, not after an hour of training
+    parts = common.fid_parts(classifier, data)     # fails now, not after an hour of training
     os.makedirs(out_dir, exist_ok=True)
     rows, grids = [], []
     for kind in schedules:
         run_dir = os.path.join(runs_dir or os.path.join(out_dir, "runs"),
-                               common.run_name(kind, num_levels, sigma_1, sigma_L, r))
-        model, t_train = common.train_digits(run_dir, kind, num_levels, sigma_1, sigma_L, r, progress)
-        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress)
-        fid = fields["digits_fid"]
+                               common.run_name(kind, num_levels, sigma_1, sigma_L, r, data))
+        model, t_train = common.train_digits(run_dir, kind, num_levels, sigma_1, sigma_L, r, progress, data)
+        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress, data=data)
+        fid = fields[key]
         grids.append(sets[0][:10])
         rows.append(dict(schedule=kind, **fields, report_mnist_fid=REPORT_MNIST_FID.get(kind),
                          final_loss=common.last_loss(run_dir), train_steps=getattr(model, "train_step", r["steps"]),
                          sample_n=int(sets[0].shape[0]), train_s=round(t_train, 1), sample_s=round(t_sample, 1)))
         if progress:
-            print(f"{kind}: digits-FID {fid:.2f} ({t_train:.0f} s training, {t_sample:.0f} s sampling)")
-    ours = _ranks({row["schedule"]: row["digits_fid"] for row in rows})
+            print(f"{kind}: {data}-FID {fid:.2f} ({t_train:.0f} s training, {t_sample:.0f} s sampling)")
+    ours = _ranks({row["schedule"]: row[key] for row in rows})
     theirs = _ranks({k: v for k, v in REPORT_MNIST_FID.items() if k in ours})
     for row in rows:
         row["rank"], row["report_rank"] = ours[row["schedule"]], theirs.get(row["schedule"])
-    # the floor: FID of sample_n real digits, one draw per sampling seed (a perfect model reaches about this)
+    # the floor: FID of sample_n real digits, one draw per sampling seed (a perfect model reaches about this);
+    # MNIST: held-out test digits against the training statistics
+    from ..data import embedded_digits, mnist_tensor
     from ..metrics.intervals import fid_intervals
-    real = embedded_digits()[0]
+    real = embedded_digits()[0] if data == "digits" else mnist_tensor(False)[0]
     draws = [real[torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(int(s)))[:r["sample_n"]]]
              for s in sample_seeds]
-    fl = fid_intervals(draws, extractor=parts[0], reference=parts[1], n_boot=20)
+    fl = fid_intervals(draws, data, extractor=parts[0], reference=parts[1], n_boot=20)
     floor = fl["fid_mean"]
 
-    common.write_csv(os.path.join(out_dir, NAME + ".csv"), rows, COLUMNS)
-    _plot(rows, floor, os.path.join(out_dir, NAME + ".png"))
-    save_grid(torch.cat(grids), os.path.join(out_dir, NAME + "_samples.png"), nrow=10, scale=2)
-    rho = spearman({row["schedule"]: row["digits_fid"] for row in rows}, REPORT_MNIST_FID)
-    body = (f"Seed 000 Figures 2-4 on the embedded digits. L = {num_levels}, sigma {sigma_1:g} -> {sigma_L:g} "
+    common.write_csv(os.path.join(out_dir, name + ".csv"), rows, cols)
+    _plot(rows, floor, os.path.join(out_dir, name + ".png"), data)
+    save_grid(torch.cat(grids), os.path.join(out_dir, name + "_samples.png"), nrow=10, scale=2)
+    rho = spearman({row["schedule"]: row[key] for row in rows}, REPORT_MNIST_FID)
+    what, metric = common.DATA_TEXT[data]
+    body = (f"Seed 000 Figures 2-4 on {what}. L = {num_levels}, sigma {sigma_1:g} -> {sigma_L:g} "
             f"(ladders rescaled onto these endpoints). Recipe: {common.recipe_text(r)}.\n\n"
-            f"digits-FID: FID in the 64-d features of the shipped digits classifier against all 1797 embedded "
-            f"digits (not comparable in scale with the report's Inception FIDs on MNIST; compare orderings). "
-            f"Rank 1 = best. digits_fid: the mean over the sampling seeds {', '.join(map(str, sample_seeds))}; "
-            f"digits_fid_seed_low / high: its Student-t 95% interval over the seeds; digits_fid_boot_low / high: "
-            f"the 95% spread of that mean from resampling the samples alone (bootstrap); digits_fid_seeds: "
-            f"the seeds' FIDs. {r['sample_n']} real digits score {floor:.3g} (mean of {len(draws)} draws: "
+            f"{metric} (not comparable in scale with the report's Inception FIDs on MNIST; compare orderings). "
+            f"Rank 1 = best. {key}: the mean over the sampling seeds {', '.join(map(str, sample_seeds))}; "
+            f"{key}_seed_low / high: its Student-t 95% interval over the seeds; {key}_boot_low / high: "
+            f"the 95% spread of that mean from resampling the samples alone (bootstrap); {key}_seeds: "
+            f"the seeds' FIDs. {r['sample_n']} real {'held-out ' if data == 'mnist' else ''}digits score "
+            f"{floor:.3g} (mean of {len(draws)} draws: "
             f"{fl['fid_seeds']}; the floor at this sample size).\n\n"
-            + common.markdown_table(rows, COLUMNS) +
+            + common.markdown_table(rows, cols) +
             f"\n\nSpearman rank correlation with the report's MNIST ordering: {common.fmt(rho, 3)}.\n\n"
-            f"![digits-FID per schedule]({NAME}.png)\n\nSamples (one row per schedule, in table order):\n\n"
-            f"![samples]({NAME}_samples.png)\n")
-    common.write_markdown(os.path.join(out_dir, NAME + ".md"), "Noise schedules and digits-FID (seed 000 Figures 2-4)",
+            f"![{data}-FID per schedule]({name}.png)\n\nSamples (one row per schedule, in table order):\n\n"
+            f"![samples]({name}_samples.png)\n")
+    common.write_markdown(os.path.join(out_dir, name + ".md"), f"Noise schedules and {data}-FID (seed 000 Figures 2-4)",
                           command or "fastncsn experiment schedules-study", body, quick)
     return rows
 
 
-def _plot(rows: list, floor: float, path: str) -> None:
+def _plot(rows: list, floor: float, path: str, data: str = "digits") -> None:
     plt = common.pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = [row["schedule"] for row in rows]
-    fids = [row["digits_fid"] for row in rows]
-    err = [[f - (row["digits_fid_seed_low"] if row.get("digits_fid_seed_low") is not None else f) for f, row in
-            zip(fids, rows)], [(row["digits_fid_seed_high"] or f) - f for f, row in zip(fids, rows)]]
+    key = f"{data}_fid"
+    fids = [row[key] for row in rows]
+    err = [[f - (row[key + "_seed_low"] if row.get(key + "_seed_low") is not None else f) for f, row in
+            zip(fids, rows)], [(row[key + "_seed_high"] or f) - f for f, row in zip(fids, rows)]]
     a.bar(names, fids, yerr=err, capsize=3, color="#4c72b0")
     a.axhline(floor, color="#c44e52", linestyle="--", linewidth=1, label="real digits (same n)")
-    a.set_ylabel("digits-FID (lower is better)"); a.set_title("this package, embedded digits"); a.legend(fontsize=8)
+    a.set_ylabel(f"{data}-FID (lower is better)")
+    a.set_title("this package, " + ("embedded digits" if data == "digits" else "MNIST")); a.legend(fontsize=8)
     rep = [(n, REPORT_MNIST_FID[n]) for n in names if n in REPORT_MNIST_FID]
     b.bar([n for n, _ in rep], [v for _, v in rep], color="#8c8c8c")
     b.set_ylabel("Inception FID"); b.set_title("seed 000 Figure 2 (MNIST)")
@@ -152,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", type=flags.existing_file,
                    help="digits classifier weights for the FID (default: the shipped one)")
     common.add_common_arguments(p)
+    common.add_data_argument(p)
     common.add_seed_arguments(p)
     return p
 
@@ -160,9 +168,9 @@ def _execute(a: argparse.Namespace, command: str) -> list:
     rows = run(a.schedules, a.num_levels, a.sigma_1, a.sigma_L,
                recipe=common.recipe_overrides(a), out_dir=a.out_dir,
                quick=a.quick, classifier=a.classifier, progress=not a.quiet, command=command,
-               runs_dir=a.runs_dir, sample_seeds=common.resolve_seeds(a))
-    print(common.markdown_table(rows, COLUMNS))
-    print(f"written {a.out_dir}/{NAME}.md, .csv, .png, _samples.png")
+               runs_dir=a.runs_dir, sample_seeds=common.resolve_seeds(a), data=a.data)
+    print(common.markdown_table(rows, common.metric_columns(COLUMNS, a.data)))
+    print(f"written {a.out_dir}/{common.output_name(NAME, a.data)}.md, .csv, .png, _samples.png")
     return rows
 
 
