@@ -74,7 +74,7 @@ def sample_metrics(x: torch.Tensor, ref: torch.Tensor) -> dict:
     """The metrics of samples ``x`` against reference samples ``ref`` (non-finite samples count as ``off``)."""
     ok = torch.isfinite(x).all(1)
     d2 = torch.cdist(x[ok].double(), MODES.double()).square().min(1).values
-    w = mode_weight(x[ok]) * float(ok.double().mean())
+    w = mode_weight(x[ok]) * float(ok.double().mean()) if ok.any() else 0.0
     return dict(weight=w, weight_error=abs(w - 0.8), energy=energy_distance(x[ok], ref) if ok.any() else float("nan"),
                 spread=float(d2.mean() / 2) if ok.any() else float("nan"),
                 off=float(1 - ((d2 <= 16).sum() / x.shape[0])))
