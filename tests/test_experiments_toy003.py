@@ -102,8 +102,10 @@ def test_single_sigma_quick(tmp_path):
     assert (tmp_path / "single_sigma.png").read_bytes()[:8] == PNG
     rows = _csv(tmp_path / "single_sigma.csv")
     assert list(rows[0]) == list(single_sigma.COLUMNS)
-    assert [r["method"] for r in rows if r["seed"] == "mean"] == list(single_sigma.METHODS)
-    assert len(rows) == 3 * len(single_sigma.METHODS)
+    methods = ["single@0.1", "single@0.01", "ladder", "exact-single@0.1", "exact-single@0.01", "exact-ladder"]
+    assert single_sigma.methods([0.1, 0.01]) == methods
+    assert [r["method"] for r in rows if r["seed"] == "mean"] == methods
+    assert len(rows) == 3 * len(methods)
     md = (tmp_path / "single_sigma.md").read_text()
     assert "Verdict:" in md and "meaningless" in md and "(single_sigma.png)" in md
 
@@ -133,3 +135,15 @@ def test_bad_options_one_line(module, argv, flag, capsys, tmp_path):
     assert module.main(argv + ["--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fastncsn experiment ") and ": error: " in err[0] and flag in err[0]
+
+
+def test_single_sigma_verdict():
+    def row(method, m, lo, hi, diverged=0):
+        return dict(method=method, log10_energy=m, log10_energy_ci_low=lo, log10_energy_ci_high=hi,
+                    diverged=diverged, n_seeds=3)
+    lad = row("ladder", -1.0, -1.2, -0.8)
+    assert single_sigma.verdict([row("single@0.1", 1.0, 0.5, 1.5), lad]) == "reproduced"
+    assert single_sigma.verdict([row("single@0.1", 1.0, 0.5, 1.5), row("single@0.01", -1, -1.1, -0.9), lad]) \
+        == "contradicted"
+    assert single_sigma.verdict([row("single@0.1", None, None, None, diverged=3), lad]) == "reproduced"
+    assert single_sigma.verdict([row("single@0.1", 1.0, None, None, diverged=2), lad]).startswith("not testable")

@@ -8,12 +8,12 @@ version, on ``p_data = 1/5 N((-5,-5), I) + 4/5 N((5,5), I)`` (:func:`fastncsn.to
 well-separated modes). For every seed of ``--seeds``:
 
 * ``single`` -- :class:`fastncsn.toy.ToyScoreNet` with one level ``sigmas = [0.01]``, trained with DSM,
-  sampled with plain Langevin (seed 003 eq. 4) at step ``--langevin-eps`` for ``L * T`` steps (the
-  annealed sampler's number of score evaluations);
+  sampled with plain Langevin (seed 003 eq. 4) at each step size of ``--langevin-eps`` (default 0.1 and
+  0.01) for ``L * T`` steps (the annealed sampler's number of score evaluations): ``single@EPS``;
 * ``ladder`` -- ToyScoreNet over the geometric ladder ``--sigma-1`` -> 0.01 (L = ``--levels``), trained
   with DSM on the same data budget, sampled with annealed Langevin (Algorithm 1; the toy defaults
   :data:`fastncsn.toy.TOY_SAMPLING`: snr convention, eps 0.25, T = 100);
-* the same two samplers with the EXACT scores (``exact-single``: ``grad log q_0.01`` with plain
+* the same samplers with the EXACT scores (``exact-single@EPS``: ``grad log q_0.01`` with plain
   Langevin, seed 003 Figure 3(b); ``exact-ladder``: annealed, Figure 3(c)), which separate the two
   failure causes: wrong scores in low-density regions vs the slow mixing of plain Langevin.
 
@@ -21,9 +21,11 @@ All samplers start from U[-8, 8]^2. Measured on ``--n`` samples against as many 
 ``p_data``: the weight of the heavy mode (``x1 + x2 > 0``; true 0.8) and its error, the energy
 distance, the mean squared distance to the nearest mode per coordinate (``spread``; true
 ``1 + 0.01^2``), and the fraction of samples farther than 4 from both modes (``off``; true 3e-4).
-Means over the seeds with Student-t 95% intervals. Verdict on the claim (the single-sigma baseline
-fails where the ladder works), from the energy distance: *reproduced* when the ``single`` interval lies
-above the ``ladder`` one; *contradicted* when it does not.
+Means over the seeds with Student-t 95% intervals (the energy distance spans orders of magnitude, so
+its interval is also given for log10 of it). Verdict on the claim (the single-sigma baseline fails where
+the ladder works), from log10 energy distance: *reproduced* when every ``single@EPS`` interval (over the
+seeds whose sampler did not diverge; a sampler that diverged for every seed counts as failing) lies
+above the ``ladder`` one; *contradicted* when one does not.
 
 Writes ``single_sigma.csv`` (one row per method and seed, and the summary rows ``seed = mean``),
 ``single_sigma.md`` and ``single_sigma.png`` (the first seed's samples per method and the metrics
@@ -52,16 +54,26 @@ from ..toy import TOY_SAMPLING, ToyScoreNet, mode_weight, seed003_mixture, train
 
 NAME = "single_sigma"
 SIGMA = 0.01
-METHODS = ("single", "ladder", "exact-single", "exact-ladder")
-LABELS = {"single": "one sigma = 0.01, plain Langevin (C.1 baseline)", "ladder": "NCSN ladder, annealed Langevin",
+LABELS = {"single": "one sigma = 0.01, plain Langevin", "ladder": "NCSN ladder, annealed Langevin",
           "exact-single": "exact score q_0.01, plain Langevin", "exact-ladder": "exact scores, annealed Langevin"}
-METRICS = ("weight", "weight_error", "energy", "spread", "off")
+METRICS = ("weight", "weight_error", "energy", "log10_energy", "spread", "off")
 COLUMNS = ("method", "seed", "n", "diverged") + METRICS + tuple(f"{m}_{s}" for m in METRICS for s in ("ci_low", "ci_high"))
 SAMPLE_COLUMNS = ("method", "x", "y")
 MODES = torch.tensor([[-5.0, -5.0], [5.0, 5.0]])
 CLAIM = ("a model trained at the single noise level sigma = 0.01 and sampled with vanilla Langevin dynamics fails to "
          "generate reasonable samples, where the noise-conditional model with annealed Langevin works "
          "(seed 003 section 5, appendix C.1)")
+
+
+def methods(langevin_eps: Sequence[float]) -> list:
+    """The methods: ``single@EPS`` and ``exact-single@EPS`` for each plain-Langevin step, the two ladders."""
+    return ([f"single@{e:g}" for e in langevin_eps] + ["ladder"] + [f"exact-single@{e:g}" for e in langevin_eps]
+            + ["exact-ladder"])
+
+
+def label(method: str) -> str:
+    base, _, eps = method.partition("@")
+    return LABELS[base] + (f" (step {eps})" if eps else "")
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -75,7 +87,8 @@ def sample_metrics(x: torch.Tensor, ref: torch.Tensor) -> dict:
     ok = torch.isfinite(x).all(1)
     d2 = torch.cdist(x[ok].double(), MODES.double()).square().min(1).values
     w = mode_weight(x[ok]) * float(ok.double().mean()) if ok.any() else 0.0
-    return dict(weight=w, weight_error=abs(w - 0.8), energy=energy_distance(x[ok], ref) if ok.any() else float("nan"),
+    e = energy_distance(x[ok], ref) if ok.any() else float("nan")
+    return dict(weight=w, weight_error=abs(w - 0.8), energy=e, log10_energy=float(np.log10(max(e, 1e-12))),
                 spread=float(d2.mean() / 2) if ok.any() else float("nan"),
                 off=float(1 - ((d2 <= 16).sum() / x.shape[0])))
 
@@ -88,7 +101,7 @@ def _score_fn(model):
 
 
 def run_seed(seed: int, steps: int, batch_size: int, lr: float, hidden: int, sigma_1: float, levels: int, n: int,
-             langevin_eps: float) -> tuple:
+             langevin_eps: Sequence[float]) -> tuple:
     """``(rows, samples)``: one metrics row per method, and the samples ``{method: [n, 2]}``."""
     mix = seed003_mixture()
     ladder = get_sigmas("geometric", sigma_1, SIGMA, levels)
@@ -107,13 +120,14 @@ def run_seed(seed: int, steps: int, batch_size: int, lr: float, hidden: int, sig
     x0 = lo + (hi - lo) * torch.rand(n, 2, generator=g)
     T = TOY_SAMPLING["steps_per_level"]
     rows, samples = [], {}
-    for method in METHODS:
+    for method in methods(langevin_eps):
+        base, _, eps = method.partition("@")
         diverged = 0
         try:
-            if method.endswith("single"):
-                x = langevin(fns[method], x0.clone(), langevin_eps, levels * T, seed=seed)
+            if eps:
+                x = langevin(fns[base], x0.clone(), float(eps), levels * T, seed=seed)
             else:
-                x = annealed_langevin(fns[method], x0.clone(), ladder, eps=TOY_SAMPLING["eps"], steps_per_level=T,
+                x = annealed_langevin(fns[base], x0.clone(), ladder, eps=TOY_SAMPLING["eps"], steps_per_level=T,
                                       step_convention=TOY_SAMPLING["step_convention"], seed=seed)
         except SamplingDivergedError:
             x, diverged = torch.full_like(x0, float("nan")), 1
@@ -128,7 +142,8 @@ def summarise(rows: list) -> list:
     out = []
     for method in dict.fromkeys(r["method"] for r in per):
         sel = [r for r in per if r["method"] == method]
-        row = dict(method=method, seed="mean", n=int(sel[0]["n"]), diverged=sum(int(r["diverged"]) for r in sel))
+        row = dict(method=method, seed="mean", n=int(sel[0]["n"]), diverged=sum(int(r["diverged"]) for r in sel),
+                   n_seeds=len(sel))
         for m in METRICS:
             vals = [float(r[m]) for r in sel if r[m] is not None and np.isfinite(float(r[m]))]
             s = common.seed_summary(vals) if vals else dict(mean=None, ci_low=None, ci_high=None)
@@ -138,11 +153,23 @@ def summarise(rows: list) -> list:
 
 
 def verdict(summary: list) -> str:
+    """Reproduced when, for every plain-Langevin step, the single-sigma model fails: its interval of log10
+    energy distance (over the seeds whose sampler did not diverge) lies above the ladder's, or every
+    seed's sampler diverged."""
     by = {r["method"]: r for r in summary}
-    s, l_ = by.get("single"), by.get("ladder")
-    if s is None or l_ is None or s["energy_ci_low"] is None or l_["energy_ci_high"] is None:
+    singles = [r for m, r in by.items() if m.startswith("single@")]
+    lad = by.get("ladder")
+    if not singles or lad is None or lad["log10_energy_ci_high"] is None:
         return "not testable (needs >= 2 seeds)"
-    return "reproduced" if float(s["energy_ci_low"]) > float(l_["energy_ci_high"]) else "contradicted"
+    fails = []
+    for r in singles:
+        if int(r["diverged"]) == int(r["n_seeds"]):
+            fails.append(True)
+        elif r["log10_energy_ci_low"] is None:
+            return "not testable (fewer than 2 seeds without divergence)"
+        else:
+            fails.append(float(r["log10_energy_ci_low"]) > float(lad["log10_energy_ci_high"]))
+    return "reproduced" if all(fails) else "contradicted"
 
 
 def _cell(r: dict, m: str) -> str:
@@ -151,32 +178,36 @@ def _cell(r: dict, m: str) -> str:
 
 
 def to_markdown(summary: list) -> str:
-    lines = ["| method | weight (true 0.8) | weight error | energy distance | spread (true 1.0001) | off (true 0.0003) "
-             "| diverged runs |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | weight (true 0.8) | weight error | energy distance | log10 energy distance | spread (true "
+             "1.0001) | off (true 0.0003) | diverged runs |", "|---|---|---|---|---|---|---|---|"]
     for r in summary:
-        lines.append(f"| {LABELS[r['method']]} | " + " | ".join(_cell(r, m) for m in METRICS) + f" | {r['diverged']} |")
+        lines.append(f"| {label(r['method'])} | " + " | ".join(_cell(r, m) for m in METRICS) + f" | {r['diverged']} |")
     return "\n".join(lines)
 
 
 def _plot(rows: list, samples: list, path: str) -> None:
     plt = common.pyplot()
-    fig, axes = plt.subplots(1, 5, figsize=(17, 3.6), gridspec_kw=dict(width_ratios=[1, 1, 1, 1, 1.4]))
-    for ax, method in zip(axes, METHODS):
-        pts = np.array([[float(r["x"]), float(r["y"])] for r in samples if r["method"] == method])
-        if pts.size:
-            ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.4)
+    summ = [r for r in rows if r["seed"] == "mean"]
+    k = len(summ)
+    fig, axes = plt.subplots(1, k + 1, figsize=(3.1 * k + 4.5, 3.6), gridspec_kw=dict(width_ratios=[1] * k + [1.5]))
+    for ax, method in zip(axes, [r["method"] for r in summ]):
+        pts = np.array([[float(r["x"]), float(r["y"])] for r in samples if r["method"] == method]).reshape(-1, 2)
+        pts = pts[np.isfinite(pts).all(1)]
+        inside = (np.abs(pts) <= 9).all(1)
+        ax.scatter(pts[inside, 0], pts[inside, 1], s=2, alpha=0.4)
         ax.scatter(MODES[:, 0], MODES[:, 1], marker="x", color="r")
         ax.set_xlim(-9, 9); ax.set_ylim(-9, 9); ax.set_aspect("equal")
-        ax.set_title(LABELS[method], fontsize=8); ax.tick_params(labelsize=7)
+        ax.set_title(f"{label(method)}\n{int((~inside).sum())} of {len(pts)} shown samples off the frame", fontsize=7)
+        ax.tick_params(labelsize=7)
     ax = axes[-1]
-    summ = [r for r in rows if r["seed"] == "mean"]
-    ys = np.arange(len(summ))
-    m = np.array([float(r["energy"]) if r["energy"] is not None else np.nan for r in summ])
-    lo = np.array([float(r["energy_ci_low"]) if r["energy_ci_low"] is not None else np.nan for r in summ])
-    hi = np.array([float(r["energy_ci_high"]) if r["energy_ci_high"] is not None else np.nan for r in summ])
+    ys = np.arange(k)
+    get = (lambda r, c: float(r[c]) if r[c] is not None else np.nan)
+    m = np.array([get(r, "log10_energy") for r in summ])
+    lo = np.array([get(r, "log10_energy_ci_low") for r in summ])
+    hi = np.array([get(r, "log10_energy_ci_high") for r in summ])
     ax.errorbar(m, ys, xerr=[m - lo, hi - m], fmt="o", capsize=3)
     ax.set_yticks(ys); ax.set_yticklabels([r["method"] for r in summ], fontsize=8)
-    ax.set_xscale("log"); ax.set_xlabel("energy distance to p_data (mean, 95% interval)")
+    ax.set_xlabel("log10 energy distance to p_data\n(mean over seeds, 95% interval)", fontsize=8)
     fig.tight_layout(); save_figure(fig, path, dpi=100); plt.close(fig)
 
 
@@ -189,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=flags.count, default=128, help="MLP width")
     p.add_argument("--sigma-1", type=flags.noise_level, default=10.0, help="largest level of the ladder (to 0.01)")
     p.add_argument("--levels", type=flags.integer(2), default=10, help="L, levels of the ladder")
-    p.add_argument("--langevin-eps", type=flags.positive, default=0.1, help="step of the plain Langevin sampler")
+    p.add_argument("--langevin-eps", type=flags.listing(flags.positive, "steps"), default=[0.1, 0.01],
+                   help="steps of the plain Langevin sampler (default 0.1,0.01)")
     p.add_argument("--n", type=flags.count, help="samples per method and seed (default 2000; --quick 200)")
     common.add_common_arguments(p, training=False)
     return p
@@ -225,14 +257,14 @@ def _execute(a: argparse.Namespace, command: str) -> str:
     settings = (f"seeds {', '.join(map(str, seeds))}; {steps} DSM steps (Adam lr {a.lr:g}, batch {a.batch_size}) per "
                 f"model; ToyScoreNet width {a.hidden}; ladder geometric {a.sigma_1:g} -> {SIGMA:g}, L = {a.levels}; "
                 f"annealed: snr convention eps {TOY_SAMPLING['eps']:g}, T = {TOY_SAMPLING['steps_per_level']}; plain "
-                f"Langevin: step {a.langevin_eps:g}, {a.levels * TOY_SAMPLING['steps_per_level']} steps; {n} samples "
+                f"Langevin: step {', '.join(f'{e:g}' for e in a.langevin_eps)}, {a.levels * TOY_SAMPLING['steps_per_level']} steps; {n} samples "
                 f"from U[-8, 8]^2; wall time {wall:.0f} s")
     body = (f"Claim: \"{CLAIM}\". Toy version (the image version is not run: the digits trainer needs L >= 2 "
             f"levels, sigma_1 > sigma_L). Settings: {settings}.\n\nMeans over the seeds with Student-t 95% "
             f"intervals; `energy` = energy distance to {n} fresh samples of p_data; `spread` = mean squared distance "
             f"to the nearest mode per coordinate; `off` = fraction of samples farther than 4 from both modes.\n\n"
-            f"{table}\n\n**Verdict: {v}** (rule: reproduced when the `single` energy-distance interval lies above "
-            f"the `ladder` one).\n\n![samples of the first seed; energy distances]({NAME}.png)\n")
+            f"{table}\n\n**Verdict: {v}** (rule: reproduced when the interval of log10 energy distance of "
+            f"the single-sigma model lies above the ladder model's for every plain-Langevin step).\n\n![samples of the first seed; energy distances]({NAME}.png)\n")
     common.write_markdown(os.path.join(a.out_dir, NAME + ".md"),
                           "Seed 003 appendix C.1: one noise level with plain Langevin vs the annealed ladder",
                           command, body, a.quick)
