@@ -56,7 +56,10 @@ def test_score_accuracy_regions_and_verdict():
     assert errs["weighted"] == pytest.approx(0.25, rel=1e-5) and errs["low"] == pytest.approx(0.25, rel=1e-5)
     low = dict(rel_err=0.8, rel_err_ci_low=0.7, rel_err_ci_high=0.9)
     assert score_accuracy.verdict(low, dict(rel_err=0.1, rel_err_ci_low=0.05, rel_err_ci_high=0.2)) == "reproduced"
-    assert score_accuracy.verdict(low, dict(rel_err=0.8, rel_err_ci_low=0.6, rel_err_ci_high=1.0)) == "contradicted"
+    assert score_accuracy.verdict(low, dict(rel_err=0.8, rel_err_ci_low=0.6, rel_err_ci_high=1.0)) == "inconclusive"
+    assert score_accuracy.verdict(low, dict(rel_err=1.5, rel_err_ci_low=1.2, rel_err_ci_high=1.8)) == "contradicted"
+    assert score_accuracy.verdict(dict(rel_err=0.05, rel_err_ci_low=0.04, rel_err_ci_high=0.06),
+                                  dict(rel_err=0.01, rel_err_ci_low=0.0, rel_err_ci_high=0.02)) == "contradicted"
     assert score_accuracy.verdict(dict(rel_err=0.8), dict(rel_err=0.1)).startswith("not testable")
 
 

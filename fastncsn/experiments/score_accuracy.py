@@ -26,7 +26,9 @@ Student-t 95% interval.
 Verdict on the paper's claim ("score estimation is only reliable in the immediate vicinity of the
 modes"), per trained model, from the relative errors: *reproduced* when the ``low`` interval lies
 entirely above the ``high`` one and the ``low`` mean exceeds 0.3; *contradicted* when the ``low``
-mean is below 0.1 or its interval does not lie above ``high``'s; *not testable* with one seed.
+mean is below 0.1 (reliable there too) or the ``low`` interval lies entirely below the ``high`` one;
+otherwise (overlapping intervals, or a ``low`` mean in [0.1, 0.3]) *inconclusive*; *not testable* with
+one seed.
 
 Writes ``score_accuracy.csv`` (rows per model, seed and region, and the summary rows ``seed = mean``
 with the verdict), ``score_accuracy_field.csv`` (the fields of seed ``--seeds[0]`` on a coarse grid)
@@ -188,9 +190,9 @@ def verdict(low: dict, high: dict) -> str:
     """The claim against one model's relative errors in the low- and high-density regions."""
     if low.get("rel_err_ci_low") is None or high.get("rel_err_ci_high") is None:
         return "not testable (one seed)"
-    if low["rel_err"] < 0.1 or not low["rel_err_ci_low"] > high["rel_err_ci_high"]:
+    if low["rel_err"] < 0.1 or low["rel_err_ci_high"] < high["rel_err_ci_low"]:
         return "contradicted"
-    return "reproduced" if low["rel_err"] > 0.3 else "inconclusive"
+    return "reproduced" if low["rel_err"] > 0.3 and low["rel_err_ci_low"] > high["rel_err_ci_high"] else "inconclusive"
 
 
 def _plot(rows: list, field: list, path: str) -> None:
@@ -299,7 +301,7 @@ def _execute(a: argparse.Namespace, command: str) -> list:
             f"(the objective's own weighting), `high` = p_data >= {HIGH:g} max p_data, `low` = p_data < {LOW:g} max "
             f"p_data, `between` = the low-density band between the modes. Verdict (trained models): reproduced when "
             f"the `low` interval lies above the `high` one and the `low` mean exceeds 0.3; contradicted when the "
-            f"`low` mean is under 0.1 or the intervals do not separate.\n\n{table}\n\n"
+            f"`low` mean is under 0.1 or the `low` interval lies below the `high` one; otherwise inconclusive.\n\n{table}\n\n"
             f"Every number and curve: `{NAME}.csv` (per seed and region, and the summary rows `seed = mean`); the "
             f"fields: `{NAME}_field.csv` (seed {seeds[0]}).\n\n![score fields and error against density]({NAME}.png)\n")
     common.write_markdown(os.path.join(a.out_dir, NAME + ".md"),
