@@ -210,7 +210,8 @@ def _plot(rows: list, field: list, path: str) -> None:
         v = np.array([float(r[f"{key}_v"]) for r in field]).reshape(n, n)
         norm = np.maximum(np.hypot(u, v), 1e-12)
         q = (slice(None, None, 2), slice(None, None, 2))              # every other arrow
-        ax.quiver(xs[q], ys[q], (u / norm)[q], (v / norm)[q], np.log10(norm)[q], cmap="viridis", scale=22, width=0.005)
+        ax.quiver(xs[q], ys[q], (u / norm)[q], (v / norm)[q], np.log10(norm)[q], cmap="viridis", clim=(-1, 1.3),
+                  scale=22, width=0.005)
         ax.contour(xs, ys, p / p.max(), levels=[LOW, HIGH], colors=["k", "r"], linewidths=0.8, linestyles=[":", "-"])
         ax.set_title(LABELS[key] if key != "exact" else "grad log p_data", fontsize=9)
         ax.set_xlim(-RANGE, RANGE); ax.set_ylim(-RANGE, RANGE); ax.set_aspect("equal")
@@ -233,9 +234,9 @@ def _plot(rows: list, field: list, path: str) -> None:
     ax.set_title("error against density (mean over seeds, 95% interval shaded)", fontsize=9)
     ax.legend(fontsize=8)
     ax = fig.add_subplot(gs[1, 3]); ax.axis("off")
-    ax.text(0, 1, "top: unit arrows coloured by log10 |score|;\norange: p_data; red contour: p = 1e-2 max p\n"
-            "(the 'high' region), dotted: 1e-4 max p\n(outside it: the 'low' region); fields of the\nfirst seed",
-            va="top", fontsize=8)
+    ax.text(0, 1, "top: unit arrows coloured by log10 |score|\n(-1 .. 1.3, the same scale in every panel);\n"
+            "orange: p_data; red contour: p = 1e-2 max p\n(the 'high' region), dotted: 1e-4 max p\n"
+            "(outside it: the 'low' region); fields of the\nfirst seed", va="top", fontsize=8)
     fig.tight_layout(); save_figure(fig, path, dpi=100); plt.close(fig)
 
 
