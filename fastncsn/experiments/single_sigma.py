@@ -21,6 +21,8 @@ All samplers start from U[-8, 8]^2. Measured on ``--n`` samples against as many 
 ``p_data``: the weight of the heavy mode (``x1 + x2 > 0``; true 0.8) and its error, the energy
 distance, the mean squared distance to the nearest mode per coordinate (``spread``; true
 ``1 + 0.01^2``), and the fraction of samples farther than 4 from both modes (``off``; true 3e-4).
+For the trained models, also their relative score error at sigma = 0.01 against the exact score in the
+high- and low-density regions of ``score-accuracy`` (``score_err_high``, ``score_err_low``).
 Means over the seeds with Student-t 95% intervals (the energy distance spans orders of magnitude, so
 its interval is also given for log10 of it). Verdict on the claim (the single-sigma baseline fails where
 the ladder works), from log10 energy distance: *reproduced* when every ``single@EPS`` interval (over the
@@ -56,7 +58,7 @@ NAME = "single_sigma"
 SIGMA = 0.01
 LABELS = {"single": "one sigma = 0.01, plain Langevin", "ladder": "NCSN ladder, annealed Langevin",
           "exact-single": "exact score q_0.01, plain Langevin", "exact-ladder": "exact scores, annealed Langevin"}
-METRICS = ("weight", "weight_error", "energy", "log10_energy", "spread", "off")
+METRICS = ("weight", "weight_error", "energy", "log10_energy", "spread", "off", "score_err_high", "score_err_low")
 COLUMNS = ("method", "seed", "n", "diverged") + METRICS + tuple(f"{m}_{s}" for m in METRICS for s in ("ci_low", "ci_high"))
 SAMPLE_COLUMNS = ("method", "x", "y")
 MODES = torch.tensor([[-5.0, -5.0], [5.0, 5.0]])
@@ -93,6 +95,17 @@ def sample_metrics(x: torch.Tensor, ref: torch.Tensor) -> dict:
                 off=float(1 - ((d2 <= 16).sum() / x.shape[0])))
 
 
+def score_errors(model, mix) -> dict:
+    """Relative error of ``model`` at its smallest level (sigma = 0.01) against the exact ``grad log q_0.01`` in
+    the high- and low-density regions of :mod:`.score_accuracy` (81 x 81 grid over [-8, 8]^2)."""
+    from .score_accuracy import grid_points, region_errors
+    x = grid_points(81)
+    with torch.no_grad():
+        est = model(x, torch.full((x.shape[0],), model.sigmas.numel() - 1, dtype=torch.long))
+    rel = {r[0]: r[3] for r in region_errors(est, mix.score(x.double(), SIGMA), x, mix.log_prob(x).exp().numpy())}
+    return dict(score_err_high=rel["high"], score_err_low=rel["low"])
+
+
 def _score_fn(model):
     @torch.no_grad()
     def fn(x, idx):
@@ -119,6 +132,7 @@ def run_seed(seed: int, steps: int, batch_size: int, lr: float, hidden: int, sig
     lo, hi = TOY_SAMPLING["init_range"]
     x0 = lo + (hi - lo) * torch.rand(n, 2, generator=g)
     T = TOY_SAMPLING["steps_per_level"]
+    errs = {k: score_errors(v, mix) for k, v in nets.items()}
     rows, samples = [], {}
     for method in methods(langevin_eps):
         base, _, eps = method.partition("@")
@@ -132,7 +146,8 @@ def run_seed(seed: int, steps: int, batch_size: int, lr: float, hidden: int, sig
         except SamplingDivergedError:
             x, diverged = torch.full_like(x0, float("nan")), 1
         samples[method] = x
-        rows.append(dict(method=method, seed=seed, n=n, diverged=diverged, **sample_metrics(x, ref)))
+        rows.append(dict(method=method, seed=seed, n=n, diverged=diverged, **sample_metrics(x, ref),
+                         **errs.get(base, dict(score_err_high=None, score_err_low=None))))
     return rows, samples
 
 
@@ -145,7 +160,7 @@ def summarise(rows: list) -> list:
         row = dict(method=method, seed="mean", n=int(sel[0]["n"]), diverged=sum(int(r["diverged"]) for r in sel),
                    n_seeds=len(sel))
         for m in METRICS:
-            vals = [float(r[m]) for r in sel if r[m] is not None and np.isfinite(float(r[m]))]
+            vals = [float(r[m]) for r in sel if r.get(m) is not None and np.isfinite(float(r[m]))]
             s = common.seed_summary(vals) if vals else dict(mean=None, ci_low=None, ci_high=None)
             row.update({m: s["mean"], f"{m}_ci_low": s["ci_low"], f"{m}_ci_high": s["ci_high"]})
         out.append(row)
@@ -179,7 +194,8 @@ def _cell(r: dict, m: str) -> str:
 
 def to_markdown(summary: list) -> str:
     lines = ["| method | weight (true 0.8) | weight error | energy distance | log10 energy distance | spread (true "
-             "1.0001) | off (true 0.0003) | diverged runs |", "|---|---|---|---|---|---|---|---|"]
+             "1.0001) | off (true 0.0003) | score error, high density | score error, low density | diverged runs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         lines.append(f"| {label(r['method'])} | " + " | ".join(_cell(r, m) for m in METRICS) + f" | {r['diverged']} |")
     return "\n".join(lines)
@@ -262,7 +278,9 @@ def _execute(a: argparse.Namespace, command: str) -> str:
     body = (f"Claim: \"{CLAIM}\". Toy version (the image version is not run: the digits trainer needs L >= 2 "
             f"levels, sigma_1 > sigma_L). Settings: {settings}.\n\nMeans over the seeds with Student-t 95% "
             f"intervals; `energy` = energy distance to {n} fresh samples of p_data; `spread` = mean squared distance "
-            f"to the nearest mode per coordinate; `off` = fraction of samples farther than 4 from both modes.\n\n"
+            f"to the nearest mode per coordinate; `off` = fraction of samples farther than 4 from both modes; `score error` = the "
+            f"trained model's relative error sqrt(mse / mean ||score||^2) at sigma = 0.01 against the exact score of "
+            f"q_0.01 where p_data >= 1e-2 max p_data (high) and < 1e-4 max p_data (low), as in score-accuracy.\n\n"
             f"{table}\n\n**Verdict: {v}** (rule: reproduced when the interval of log10 energy distance of "
             f"the single-sigma model lies above the ladder model's for every plain-Langevin step).\n\n![samples of the first seed; energy distances]({NAME}.png)\n")
     common.write_markdown(os.path.join(a.out_dir, NAME + ".md"),
