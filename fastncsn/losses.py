@@ -94,7 +94,7 @@ def dsm_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas, level_index: Optional[t
 def sliced_score_matching_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas,
                                level_index: Optional[torch.Tensor] = None, n_particles: int = 1,
                                generator: Optional[torch.Generator] = None,
-                               variance_reduced: bool = True) -> ScoreLoss:
+                               variance_reduced: bool = True, perturb: bool = True) -> ScoreLoss:
     """Sliced score matching on noise-perturbed data (seed 003 eq. 3), weighted by sigma^2.
 
     For projections ``v ~ N(0, I)``::
@@ -106,12 +106,15 @@ def sliced_score_matching_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas,
     ``sigma^2``.  ``n_particles`` projections per sample.  Needs one extra
     backward pass (Hessian-vector product), so ``score_fn`` must be
     differentiable in ``x``.
+
+    ``perturb=False``: score matching on ``x`` as given (no noise is added; ``sigmas`` then only
+    weight the levels -- ``[1.0]`` gives the plain objective, seed 003 eq. 3, e.g. on clean data).
     """
     if not isinstance(n_particles, int) or n_particles < 1:
         raise ValueError(f"n_particles: expected an int >= 1, got {n_particles!r}")
     sig, level_index, used = _prepare(x, sigmas, level_index, generator)
     n = x.shape[0]
-    perturbed = x + used * _randn_like(x, generator)
+    perturbed = x + used * _randn_like(x, generator) if perturb else x
     dup = perturbed.unsqueeze(0).expand(n_particles, *x.shape).reshape(-1, *x.shape[1:]).detach()
     dup.requires_grad_(True)
     dup_levels = level_index.repeat(n_particles)

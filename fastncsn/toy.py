@@ -15,7 +15,6 @@ import math
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .models.registry import register
@@ -300,15 +299,30 @@ class ToyScoreNet(nn.Module):
 
 
 def train_toy(model: ToyScoreNet, dist, steps: int = 3000, batch_size: int = 256, lr: float = 1e-3,
-              generator: Optional[torch.Generator] = None, log_every: int = 0) -> list:
-    """Train ``model`` on samples of ``dist`` with DSM (the one training step,
-    :func:`fastncsn.training.step.dsm_step`, fp32; levels and noise from ``generator``); returns the losses."""
+              generator: Optional[torch.Generator] = None, log_every: int = 0, objective: str = "dsm") -> list:
+    """Train ``model`` on samples of ``dist`` (anything with ``sample(n, generator=)``); returns the losses.
+
+    ``objective="dsm"``: denoising score matching over ``model.sigmas`` (the one training step,
+    :func:`fastncsn.training.step.dsm_step`, fp32; levels and noise from ``generator``).
+    ``"ssm"``: sliced score matching on the samples as drawn -- no noise added (seed 003 eq. 3,
+    variance-reduced, one projection; :func:`fastncsn.losses.sliced_score_matching_loss` with
+    ``perturb=False``), levels drawn from ``generator`` and weighted by ``sigma^2`` (a one-level
+    ``sigmas=[1.0]`` model is an unconditional ``s(x)`` trained with the plain objective)."""
+    from .losses import sliced_score_matching_loss
     from .training.step import dsm_step
+    if objective not in ("dsm", "ssm"):
+        raise ValueError(f"objective: expected 'dsm' or 'ssm', got {objective!r}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for it in range(steps):
         x = dist.sample(batch_size, generator=generator)
-        out = dsm_step(model, x, model.sigmas, generator=generator, optimizer=opt)
+        if objective == "dsm":
+            out = dsm_step(model, x, model.sigmas, generator=generator, optimizer=opt)
+        else:
+            out = sliced_score_matching_loss(model, x, model.sigmas, generator=generator, perturb=False)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
         losses.append(float(out.loss.detach()))
         if log_every and (it + 1) % log_every == 0:
             print(f"step {it + 1}: loss {losses[-1]:.4f}")

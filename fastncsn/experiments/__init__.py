@@ -12,6 +12,14 @@
   overlap probabilities (Proposition 2): table, CSV, plot.
 * ``pictures`` (:mod:`.pictures`) -- sample grid, annealing strip and GIF (seed 003
   Figure 4), nearest training neighbours (seed 003 appendix C.2).
+* ``samplers`` (:mod:`.samplers`) -- issue 28: digits-FID against NFE for each sampler.
+* ``score-accuracy`` (:mod:`.score_accuracy`) -- seed 003 Figure 2: toy score models (sliced
+  score matching on clean data, one-sigma DSM, the NCSN ladder) against the exact mixture score,
+  in high- vs low-density regions.
+* ``ssm-manifold`` (:mod:`.ssm_manifold`) -- seed 003 Figure 1: the sliced score matching loss on
+  data on a manifold (the unit circle), clean vs perturbed with N(0, 0.0001).
+* ``single-sigma`` (:mod:`.single_sigma`) -- seed 003 section 5 / appendix C.1: one noise level
+  sigma = 0.01 with plain Langevin vs the annealed ladder, on the toy mixture.
 
 The training experiments share one recipe, :data:`CPU_DIGITS_RECIPE` (the "CPU full"
 defaults), and a CI preset, :data:`QUICK_RECIPE` (``--quick``: a few steps of a

@@ -17,6 +17,9 @@ EXPERIMENTS = {
     "score-norm": ("score_norm", "seed 004 Fig 5: E||s(x, sigma)|| against sigma (the 1/sigma law)"),
     "schedules": ("schedules", "seed 000 Fig 1: the five noise ladders and their overlap probabilities"),
     "pictures": ("pictures", "sample grid, annealing strip/GIF, nearest training neighbours (seed 003)"),
+    "score-accuracy": ("score_accuracy", "seed 003 Fig 2: learned scores against exact ones, high vs low density"),
+    "ssm-manifold": ("ssm_manifold", "seed 003 Fig 1: SSM loss on data on a manifold, clean vs N(0, 1e-4) noise"),
+    "single-sigma": ("single_sigma", "seed 003 App. C.1: one sigma = 0.01 + plain Langevin vs the annealed ladder"),
     "samplers": ("samplers", "issue 28: digits-FID against NFE for each sampler (ald, cas, pc, heun)"),
 }
 

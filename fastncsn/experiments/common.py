@@ -388,3 +388,37 @@ def flag_message(parser: argparse.ArgumentParser, msg: str) -> str:
         return flag + ":" + rest
     return msg
 
+
+
+def add_seeds_argument(p: argparse.ArgumentParser, default: str, what: str = "training and sampling seeds") -> None:
+    """``--seeds 0,1,2`` (a comma-separated list of seeds; ``default`` in the help)."""
+    p.add_argument("--seeds", type=flags.listing(flags.seed, "seeds"), help=f"{what} (default {default})")
+
+
+def seed_summary(values: Sequence[float]) -> dict:
+    """``dict(mean, sd, ci_low, ci_high)`` of per-seed figures: the Student-t 95% interval of the mean
+    (:func:`fastncsn.metrics.intervals.seed_interval`; sd and the interval None for a single seed)."""
+    from ..metrics.intervals import seed_interval
+    v = [float(x) for x in values]
+    if len(v) < 2:
+        return dict(mean=v[0] if v else None, sd=None, ci_low=None, ci_high=None)
+    s = seed_interval(v)
+    return dict(mean=s["mean"], sd=s["sd"], ci_low=s["low"], ci_high=s["high"])
+
+
+def interval_text(s: dict, digits: int = 3) -> str:
+    """``mean [low, high]`` of a :func:`seed_summary` (just the mean without an interval)."""
+    if s.get("ci_low") is None:
+        return fmt(s.get("mean"), digits)
+    return f"{fmt(s['mean'], digits)} [{fmt(s['ci_low'], digits)}, {fmt(s['ci_high'], digits)}]"
+
+
+def read_csv(path: str) -> list:
+    """The rows of a CSV written by :func:`write_csv` (dicts of strings; empty cells as None)."""
+    with open(path, newline="") as f:
+        return [{k: (v if v != "" else None) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def rounded(row: dict, digits: int = 5) -> dict:
+    """``row`` with its floats rounded to ``digits`` significant digits (smaller CSVs)."""
+    return {k: (float(f"{v:.{digits}g}") if isinstance(v, float) else v) for k, v in row.items()}
