@@ -18,6 +18,9 @@ EXPERIMENTS = {
     "schedules": ("schedules", "seed 000 Fig 1: the five noise ladders and their overlap probabilities"),
     "pictures": ("pictures", "sample grid, annealing strip/GIF, nearest training neighbours (seed 003)"),
     "samplers": ("samplers", "issue 28: digits-FID against NFE for each sampler (ald, cas, pc, heun)"),
+    "mode-weights-learned": ("mode_weights_learned", "seed 004 Table 1 with learned scores, and the 4.2.2 step rule"),
+    "toy-figures": ("toy_figures", "seed 004 Figs 1, 7, 9: circle, constant step, diameter (exact scores)"),
+    "hmc-vs-ald": ("hmc_vs_ald", "seed 004 section 5.1: annealed HMC (with/without MH) vs annealed Langevin"),
 }
 
 
