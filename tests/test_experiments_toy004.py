@@ -1,4 +1,4 @@
-"""Seed 004's toy experiments: mode-weights-learned, toy-figures, hmc-vs-ald (``--quick`` end to end, one property each)."""
+"""Seed 004 toy experiments: mode-weights-learned, toy-figures, hmc-vs-ald (--quick end to end, one property each)."""
 import csv
 
 import pytest

@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import common
-from .toy_common import anneal, cell, mixture_logp_score, paper_alphas, summarise, uniform_init
+from .toy_common import anneal, cell, mixture_logp_score, paper_alphas, summarise, uniform_init, yerr
 from .. import flags
 from ..images import save_figure
 from ..schedules import get_sigmas
@@ -176,11 +176,8 @@ def _plot(rows: Sequence[dict], path: str) -> None:
         ss = [s for s in summ if s["mixture"] == name]
         labels = [("ALD" if s["sampler"] == "ald" else f"{s['step_rule']} {s['e']:g}\nK{s['K']} "
                    f"{'MH' if s['mh'] else 'unadj.'}") for s in ss]
-        m = [s["weight"] for s in ss]
-        lo = [s["weight"] - s["weight_low"] if math.isfinite(s["weight_low"]) else 0 for s in ss]
-        hi = [s["weight_high"] - s["weight"] if math.isfinite(s["weight_high"]) else 0 for s in ss]
         colors = ["k" if s["sampler"] == "ald" else ("tab:blue" if s["mh"] else "tab:orange") for s in ss]
-        ax.bar(range(len(ss)), m, yerr=[lo, hi], color=colors, capsize=2)
+        ax.bar(range(len(ss)), [s["weight"] for s in ss], yerr=yerr(ss, "weight"), color=colors, capsize=2)
         ax.axhline(0.8, color="k", linestyle=":", linewidth=1)
         ax.set_xticks(range(len(ss))); ax.set_xticklabels(labels, fontsize=6)
         ax.set_ylim(0, 1); ax.set_ylabel("heavy-mode weight")

@@ -102,13 +102,17 @@ def cell(summary: dict, field: str, digits: int = 3) -> str:
     return ci_text(summary[field], summary[field + "_low"], summary[field + "_high"], digits)
 
 
-def errorbar(ax, summaries: Sequence[dict], xkey: str, field: str, **kw) -> None:
-    """Means of ``field`` against ``xkey`` with their intervals as error bars."""
-    xs = [s[xkey] for s in summaries]
-    m = [s[field] for s in summaries]
+def yerr(summaries: Sequence[dict], field: str) -> list:
+    """``[below, above]`` error-bar lengths of the intervals of ``field`` (0 where there is none)."""
     lo = [max(0.0, s[field] - s[field + "_low"]) if math.isfinite(s[field + "_low"]) else 0.0 for s in summaries]
     hi = [max(0.0, s[field + "_high"] - s[field]) if math.isfinite(s[field + "_high"]) else 0.0 for s in summaries]
-    ax.errorbar(xs, m, yerr=[lo, hi], capsize=3, **kw)
+    return [lo, hi]
+
+
+def errorbar(ax, summaries: Sequence[dict], xkey: str, field: str, **kw) -> None:
+    """Means of ``field`` against ``xkey`` with their intervals as error bars."""
+    ax.errorbar([s[xkey] for s in summaries], [s[field] for s in summaries], yerr=yerr(summaries, field), capsize=3,
+                **kw)
 
 
 def heavy_weight(x: torch.Tensor, heavy, light) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Seed 004 section 4.1 toy figures with exact scores: the circle (Fig. 1), constant steps (Fig. 7), the diameter (Fig. 9).
+"""Seed 004 section 4.1 with exact scores: the circle (Fig. 1), constant steps (Fig. 7), the diameter (Fig. 9).
 
 * (a) circle: the uniform distribution on the unit circle (:class:`fastncsn.toy.CircleManifold`, exact
   perturbed scores), ladder geometric 1 -> 0.01, L = 10 (the report's general setting), paper step
@@ -12,7 +12,7 @@
   steps ``a`` in {1e-3, 1e-2, 1e-1, 1, 10} at every level; the recovered weight of the peaked mode
   (true 0.8), the per-coordinate variance of the particles on its side (true 0.26), diverged particles.
 * (c) diameter (Fig. 9 and the 4.1.2 heuristic): ``0.2 N(-c, I) + 0.8 N(c, I)`` with ``|2c| = d`` for
-  growing d, start uniform on the data's box widened by 3; ladder 1 -> 0.01 (L = 10) against
+  growing d, start uniform on the data's box widened by 3, T = 300 per level; ladder 1 -> 0.01 (L = 10) against
   sigma_1 = the maximum pairwise distance of 1000 training samples
   (:func:`fastncsn.schedules.sigma_1_from_data`) -> 0.01 (L = 10), eps = 2e-5; the weight error
   ``|w - 0.8|`` of the heavy mode.
@@ -20,7 +20,7 @@
 Every cell: mean over ``--seeds`` seeds with the Student-t 95% interval.  Writes ``toy_figures.md``/``.csv``
 (one row per panel, arm, setting and seed) and ``toy_figures.png`` (the three panels, from those rows).
 
-Run: ``fastncsn experiment toy-figures [--quick] [--seeds 3] [--T 1000] [--n 2000]``
+Run: ``fastncsn experiment toy-figures [--quick] [--seeds 3] [--T 1000] [--T-diameter 300] [--n 2000]``
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import common
-from .toy_common import anneal, cell, errorbar, heavy_weight, paper_alphas, summarise, uniform_init
+from .toy_common import anneal, cell, errorbar, heavy_weight, paper_alphas, summarise, uniform_init, yerr
 from .. import flags
 from ..images import save_figure
 from ..schedules import get_sigmas, sigma_1_from_data
@@ -138,11 +138,12 @@ def diameter_panel(T: int, n: int, seed: int, distances: Sequence[float]) -> lis
     return rows
 
 
-def run(T: int, n: int, seeds: int, distances: Sequence[float], T_circle: int, log=print) -> list:
+def run(T: int, n: int, seeds: int, distances: Sequence[float], T_circle: int, T_diameter: int, log=print) -> list:
     rows = []
     for seed in range(seeds):
-        for name, fn in (("a", lambda: circle_panel(T_circle, n, seed)), ("b", lambda: constant_step_panel(T, n // 2, seed)),
-                         ("c", lambda: diameter_panel(T, n, seed, distances))):
+        for name, fn in (("a", lambda: circle_panel(T_circle, n, seed)),
+                         ("b", lambda: constant_step_panel(T, n // 2, seed)),
+                         ("c", lambda: diameter_panel(T_diameter, n, seed, distances))):
             t0 = time.time()
             new = fn()
             rows += new
@@ -181,18 +182,14 @@ def _plot(rows: Sequence[dict], path: str) -> None:
     sa = [s for s in summ if s["panel"] == "a"]
     for k, (field, label) in enumerate((("coverage", "angular coverage"), ("tv", "TV from uniform"))):
         xs = [j + 0.4 * k for j in range(len(sa))]
-        axes[0].bar(xs, [s[field] for s in sa], width=0.4, label=label,
-                    yerr=[[s[field] - s[field + "_low"] if math.isfinite(s[field + "_low"]) else 0 for s in sa],
-                          [s[field + "_high"] - s[field] if math.isfinite(s[field + "_high"]) else 0 for s in sa]],
-                    capsize=3)
+        axes[0].bar(xs, [s[field] for s in sa], width=0.4, label=label, yerr=yerr(sa, field), capsize=3)
     axes[0].set_xticks([j + 0.2 for j in range(len(sa))])
     axes[0].set_xticklabels([f"{s['arm']}\n{s['setting'].split(' box')[0]} start" for s in sa], fontsize=7)
     axes[0].set_ylim(0, 1.05); axes[0].legend(fontsize=7)
     axes[0].set_title("(a) unit circle, exact scores (Fig. 1)", fontsize=9)
     sb = [s for s in summ if s["panel"] == "b"]
     axes[1].bar(range(len(sb)), [s["weight"] for s in sb], color=["k"] + ["tab:orange"] * (len(sb) - 1),
-                yerr=[[s["weight"] - s["weight_low"] if math.isfinite(s["weight_low"]) else 0 for s in sb],
-                      [s["weight_high"] - s["weight"] if math.isfinite(s["weight_high"]) else 0 for s in sb]], capsize=3)
+                yerr=yerr(sb, "weight"), capsize=3)
     axes[1].axhline(0.8, color="k", linestyle=":", linewidth=1)
     axes[1].set_xticks(range(len(sb)))
     axes[1].set_xticklabels([s["setting"].replace("constant ", "").replace(" sigma_i^2/sigma_L^2", "\nx sigma_i^2/"
@@ -214,8 +211,9 @@ def _plot(rows: Sequence[dict], path: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = common.experiment_parser("toy-figures", __doc__)
     p.add_argument("--seeds", type=flags.integer(2), default=3, help="seeds (with --quick: 2)")
-    p.add_argument("--T", type=flags.count, default=1000, help="steps per level of (b) and (c) (with --quick: 10)")
+    p.add_argument("--T", type=flags.count, default=1000, help="steps per level of (b) (with --quick: 10)")
     p.add_argument("--T-circle", type=flags.count, default=1000, help="steps per level of (a) (with --quick: 10)")
+    p.add_argument("--T-diameter", type=flags.count, default=300, help="steps per level of (c) (with --quick: 10)")
     p.add_argument("--n", type=flags.count, default=2000, help="particles ((b): half; with --quick: at most 200)")
     p.add_argument("--distances", type=flags.listing(flags.positive, "numbers > 0"), default=list(DISTANCES),
                    help="distances between the two modes of (c)")
@@ -225,13 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _execute(a: argparse.Namespace, command: str) -> list:
     if a.quick:
-        a.seeds, a.T, a.T_circle, a.n = 2, 10, 10, min(a.n, 200)
+        a.seeds, a.T, a.T_circle, a.T_diameter, a.n = 2, 10, 10, 10, min(a.n, 200)
     settings = (f"{a.seeds} seeds; (a) T = {a.T_circle} per level, {a.n} particles per start; (b) T = {a.T}, "
-                f"{a.n // 2} particles per step; (c) T = {a.T}, {a.n} particles, d in "
+                f"{a.n // 2} particles per step; (c) T = {a.T_diameter}, {a.n} particles, d in "
                 f"{', '.join(f'{d:g}' for d in a.distances)}")
     print(f"seed 004 section 4.1 toy figures: {settings}")
     t0 = time.time()
-    rows = run(a.T, a.n, a.seeds, a.distances, a.T_circle, log=(lambda *_: None) if a.quiet else print)
+    rows = run(a.T, a.n, a.seeds, a.distances, a.T_circle, a.T_diameter, log=(lambda *_: None) if a.quiet else print)
     wall = time.time() - t0
     os.makedirs(a.out_dir, exist_ok=True)
     common.write_csv(os.path.join(a.out_dir, NAME + ".csv"), rows, COLUMNS)
