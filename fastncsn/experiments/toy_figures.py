@@ -20,7 +20,7 @@
 Every cell: mean over ``--seeds`` seeds with the Student-t 95% interval.  Writes ``toy_figures.md``/``.csv``
 (one row per panel, arm, setting and seed) and ``toy_figures.png`` (the three panels, from those rows).
 
-Run: ``fastncsn experiment toy-figures [--quick] [--seeds 3] [--T 1000] [--T-diameter 300] [--n 2000]``
+Run: ``fastncsn experiment toy-figures [--quick] [--seeds 3] [--T 1000] [--T-diameter 300] [--n 1000]``
 """
 from __future__ import annotations
 
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--T", type=flags.count, default=1000, help="steps per level of (b) (with --quick: 10)")
     p.add_argument("--T-circle", type=flags.count, default=1000, help="steps per level of (a) (with --quick: 10)")
     p.add_argument("--T-diameter", type=flags.count, default=300, help="steps per level of (c) (with --quick: 10)")
-    p.add_argument("--n", type=flags.count, default=2000, help="particles ((b): half; with --quick: at most 200)")
+    p.add_argument("--n", type=flags.count, default=1000, help="particles ((b): half; with --quick: at most 200)")
     p.add_argument("--distances", type=flags.listing(flags.positive, "numbers > 0"), default=list(DISTANCES),
                    help="distances between the two modes of (c)")
     common.add_common_arguments(p, training=False)
