@@ -53,6 +53,11 @@ def test_toy_figures_quick(tmp_path):
     assert {r["panel"] for r in rows} == {"a", "b", "c"}
     assert len([r for r in rows if r["panel"] == "c"]) == 2 * 2 * len(toy_figures.DISTANCES)
     assert "(c) diameter" in md
+    c = [r for r in rows if r["panel"] == "c"]
+    assert all(float(r["weight_err"]) == pytest.approx(abs(float(r["weight"]) - float(r["true_weight"]))) for r in c)
+    # overlapping modes: exact samples put 0.8 Phi(1) + 0.2 (1 - Phi(1)) nearer the heavy centre at d = 2
+    assert toy_figures.true_near_fraction(2.0) == pytest.approx(0.7049, abs=1e-4)
+    assert toy_figures.true_near_fraction(10.0) == pytest.approx(0.8, abs=1e-5)
 
 
 def test_annealed_langevin_covers_the_circle_plain_does_not():
