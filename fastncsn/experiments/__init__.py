@@ -20,6 +20,12 @@
   data on a manifold (the unit circle), clean vs perturbed with N(0, 0.0001).
 * ``single-sigma`` (:mod:`.single_sigma`) -- seed 003 section 5 / appendix C.1: one noise level
   sigma = 0.01 with plain Langevin vs the annealed ladder, on the toy mixture.
+* ``mode-weights-learned`` (:mod:`.mode_weights_learned`) -- seed 004 Table 1 with learned
+  toy scores beside exact ones, intervals over seeds, and the section 4.2.2 step-size rule.
+* ``toy-figures`` (:mod:`.toy_figures`) -- seed 004 section 4.1: circle (Fig. 1), constant
+  step (Fig. 7), diameter and the sigma_1 heuristic (Fig. 9), exact scores.
+* ``hmc-vs-ald`` (:mod:`.hmc_vs_ald`) -- seed 004 section 5.1: annealed HMC with and without
+  the Metropolis step against annealed Langevin, exact scores and log-densities.
 
 The training experiments share one recipe, :data:`CPU_DIGITS_RECIPE` (the "CPU full"
 defaults), and a CI preset, :data:`QUICK_RECIPE` (``--quick``: a few steps of a

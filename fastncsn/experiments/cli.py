@@ -21,12 +21,15 @@ EXPERIMENTS = {
     "ssm-manifold": ("ssm_manifold", "seed 003 Fig 1: SSM loss on data on a manifold, clean vs N(0, 1e-4) noise"),
     "single-sigma": ("single_sigma", "seed 003 App. C.1: one sigma = 0.01 + plain Langevin vs the annealed ladder"),
     "samplers": ("samplers", "issue 28: digits-FID against NFE for each sampler (ald, cas, pc, heun)"),
+    "mode-weights-learned": ("mode_weights_learned", "seed 004 Table 1 with learned scores, and the 4.2.2 step rule"),
+    "toy-figures": ("toy_figures", "seed 004 Figs 1, 7, 9: circle, constant step, diameter (exact scores)"),
+    "hmc-vs-ald": ("hmc_vs_ald", "seed 004 section 5.1: annealed HMC (with/without MH) vs annealed Langevin"),
 }
 
 
 def add_experiment_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``experiment`` on the ``fastncsn`` command's subparsers."""
-    listing = "\n".join(f"  {k:<16} {d}" for k, (_, d) in EXPERIMENTS.items())
+    listing = "\n".join(f"  {k:<20} {d}" for k, (_, d) in EXPERIMENTS.items())
     e = subparsers.add_parser("experiment", help="run one of the papers' experiments (tables, CSV, plots)",
                               description="Run an experiment; `fastncsn experiment NAME --help` shows its "
                                           "options.\n\nexperiments:\n" + listing,
