@@ -3,6 +3,7 @@
     python scripts/train_bundled_mnist.py train        # the stages below (resumable: rerun after a stop)
     python scripts/train_bundled_mnist.py export runs/bundled_mnist/checkpoint_00009000.pt runs/bundled_mnist/mnist_ncsn.pt
     python scripts/train_bundled_mnist.py score ASSET  # print the figures again
+    python scripts/train_bundled_mnist.py csv ASSET    # the figures export stored -> docs/results/bundled_mnist.csv
     python scripts/train_bundled_mnist.py all          # train, then export the last stage's checkpoint
 
 MNIST comes from the installed data package (README Quick start), offline. ``train`` runs ``python -m
@@ -76,18 +77,42 @@ def export(src: str, dst: str) -> dict:
     return base.export(src, dst, describe=describe, sampling=SAMPLING, scorer=score)
 
 
+CSV_OUT = os.path.join(os.path.dirname(FLOOR_CSV), "bundled_mnist.csv")
+
+
+def write_csv(asset: str, path: str = CSV_OUT) -> list:
+    """The figures ``export`` stored in ``asset`` as a CSV (one row per seed, the floor's draw beside it)."""
+    from fastncsn.checkpoint import load_checkpoint
+    from fastncsn.files import atomic_write_text
+    m = load_checkpoint(asset)["extra"]["metrics"]
+    key = f"mnist_fid_{base.SCORE_N}"
+    rows = [dict(seed=s, n=base.SCORE_N, mnist_fid=f, floor_draw=i, floor_mnist_fid=fl,
+                 classes_first_100=" ".join(map(str, m["classes_first_100"])) if s == m["seed"] else "",
+                 measured=m["measured"], machine=m["machine"])
+            for i, (s, f, fl) in enumerate(zip(m["seeds"], m[key], m[f"floor_{base.SCORE_N}"]))]
+    import io
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(f.getvalue(), path)
+    return rows
+
+
 def main(argv: list) -> int:
     if argv[:1] == ["train"] and len(argv) <= 2:
         base.train(argv[1] if len(argv) == 2 else OUT, RECIPE, STAGES)
     elif argv[:1] == ["export"] and len(argv) == 3:
         export(argv[1], argv[2])
+    elif argv[:1] == ["csv"] and len(argv) == 2:
+        print(json.dumps(write_csv(argv[1])))
     elif argv[:1] == ["score"] and len(argv) == 2:
         print(json.dumps(score(argv[1])))
     elif argv == ["all"]:
         base.train(OUT, RECIPE, STAGES)
         export(os.path.join(OUT, f"checkpoint_{STAGES[-1]['steps']:08d}.pt"), os.path.join(OUT, "mnist_ncsn.pt"))
     else:
-        print("usage: train [OUT] | export CHECKPOINT ASSET | score ASSET | all", file=sys.stderr)
+        print("usage: train [OUT] | export CHECKPOINT ASSET | score ASSET | csv ASSET | all", file=sys.stderr)
         return 2
     return 0
 

@@ -72,3 +72,21 @@ def test_cli_missing_bundled_model_is_one_line(assets, tmp_path, capsys):
 def test_cli_checkpoint_and_model_are_exclusive(capsys):
     assert main(["sample", "--model", "digits", "--checkpoint", ck.BUNDLED_PATH]) == 2
     assert "--checkpoint: not allowed with argument --model" in capsys.readouterr().err
+
+
+def test_the_shipped_mnist_model_is_scored_small_and_covers_the_classes():
+    """Issue 27 item 3: fastncsn/assets/mnist_ncsn.pt, written by scripts/train_bundled_mnist.py export, which
+    scores the written file (MNIST-FID of 500 samples for seeds 0-2, classes of seed 0's first 100)."""
+    path = os.path.join(os.path.dirname(ck.BUNDLED_PATH), ck.BUNDLED_MODELS["mnist"][0])
+    assert os.path.getsize(path) <= 2 ** 20                                  # <= 1 MB
+    c = ck.load_checkpoint(path)
+    m = c["extra"]["metrics"]
+    assert "train_bundled_mnist.py" in c["extra"]["trained_by"] and c["step"] == 9000
+    assert len(m["classes_first_100"]) == 10 and sum(m["classes_first_100"]) == 100
+    assert min(m["classes_first_100"]) > 0 and max(m["classes_first_100"]) <= 15    # every class, none above 15%
+    assert len(m["mnist_fid_500"]) == 3 and m["seeds"] == [0, 1, 2] and len(m["floor_500"]) == 3
+    assert c["ema_state_dict"] is None
+    from fastncsn.files import safe_torch_load
+    assert isinstance(safe_torch_load(path), dict)                           # loads without running code
+    x = fastncsn.sample("mnist", n=2, steps_per_level=1, progress=False)
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all()
