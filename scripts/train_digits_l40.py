@@ -30,15 +30,7 @@ OUT = "runs/digits_l40"
 SAMPLING = dict(sampler="cas", eps=0.75, steps_per_level=1, init="gaussian", denoise=True)
 
 
-def describe(ck: dict) -> dict:
-    return {
-        "trained_by": base.command_lines(OUT, RECIPE, STAGES) + f" (checkpoint of step {ck['step']}), "
-                      "then python scripts/train_digits_l40.py export (EMA weights)",
-        "data": "embedded digits (sklearn load_digits, 1797 images, 28x28)",
-        "recipe": dict(RECIPE),
-        "stages": [dict(st) for st in STAGES],
-        "settings_changes": ck.get("extra", {}).get("settings_changes", []),
-    }
+describe = base.describer("train_digits_l40.py", base.DIGITS_DATA, OUT, RECIPE, STAGES)
 
 
 def main(argv: list) -> int:

@@ -140,16 +140,10 @@ def load_model(checkpoint: Optional[str]):
 def fid_scorer(classifier: Optional[str]) -> Callable[[torch.Tensor], float]:
     """digits-FID against all embedded digits, with the shipped classifier or the one at ``classifier``."""
     from .. import metrics
-    from ..data import embedded_digits
-    if classifier is None:
-        if not metrics.DIGITS_CLASSIFIER_PATH.is_file():
-            raise ExperimentError(f"digits classifier weights missing ({metrics.DIGITS_CLASSIFIER_PATH}); create "
-                                  "them with  python -m fastncsn.metrics --train-digits-classifier")
+    features, ref = fid_parts(classifier)
+    if features is None:
         return metrics.digits_fid
-    check_file(classifier, "--classifier")
-    net = metrics.load_digits_classifier(classifier)
-    ref = metrics.compute_feature_stats(embedded_digits()[0], net.features, 512)
-    return lambda x: metrics.fid(x, (ref.mean(), ref.cov()), net.features, 512)
+    return lambda x: metrics.fid(x, ref, features, 512)
 
 
 #: the datasets the training experiments run on, with the metric of each (``fastncsn.metrics``: digits-FID
@@ -173,12 +167,12 @@ def fid_parts(classifier: Optional[str], data: str = "digits"):
     """``(extractor, reference statistics)`` of ``data``'s FID with the classifier at ``classifier``, or
     ``(None, None)`` for the shipped one (``fastncsn.metrics.intervals.fid_intervals``'s default)."""
     from .. import metrics
-    if classifier is None:
-        if data == "digits":
-            fid_scorer(None)                         # the shipped weights exist, else one line now
-        elif not metrics.MNIST_CLASSIFIER_PATH.is_file():
-            raise ExperimentError(f"MNIST classifier weights missing ({metrics.MNIST_CLASSIFIER_PATH}); create "
-                                  "them with  python -m fastncsn.metrics --train-mnist-classifier")
+    if classifier is None:                           # the shipped weights exist, else one line now
+        path, name = ((metrics.DIGITS_CLASSIFIER_PATH, "digits") if data == "digits"
+                      else (metrics.MNIST_CLASSIFIER_PATH, "MNIST"))
+        if not path.is_file():
+            raise ExperimentError(f"{name} classifier weights missing ({path}); create them with  python -m "
+                                  f"fastncsn.metrics --train-{name.lower()}-classifier")
         return None, None
     net = classifier_module(classifier, data)
     ref = metrics.compute_feature_stats(reference_images(data), net.features, 512)
@@ -241,13 +235,13 @@ def add_data_argument(p: argparse.ArgumentParser) -> None:
                         "package of README's Quick start; scored with MNIST-FID)")
 
 
-def add_seed_arguments(p: argparse.ArgumentParser) -> None:
+def add_sample_seeds_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-seeds", type=flags.listing(flags.seed, "seeds"), default="0,1,2",
                    help="sampling seeds; digits-FID is their mean with a Student-t interval over them and "
                         "a bootstrap interval over the samples (default 0,1,2; --quick: 0,1)")
 
 
-def resolve_seeds(a: argparse.Namespace) -> list:
+def resolve_sample_seeds(a: argparse.Namespace) -> list:
     seeds = list(a.sample_seeds)
     if a.quick and seeds == [0, 1, 2]:
         seeds = [0, 1]
@@ -393,6 +387,13 @@ def flag_message(parser: argparse.ArgumentParser, msg: str) -> str:
 def add_seeds_argument(p: argparse.ArgumentParser, default: str, what: str = "training and sampling seeds") -> None:
     """``--seeds 0,1,2`` (a comma-separated list of seeds; ``default`` in the help)."""
     p.add_argument("--seeds", type=flags.listing(flags.seed, "seeds"), help=f"{what} (default {default})")
+
+
+def add_toy_training_arguments(p: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--lr`` and ``--hidden`` of the toy experiments' MLP score models."""
+    p.add_argument("--batch-size", type=flags.count, default=128, help="training batch size")
+    p.add_argument("--lr", type=flags.positive, default=1e-3, help="Adam learning rate")
+    p.add_argument("--hidden", type=flags.count, default=128, help="MLP width")
 
 
 def seed_summary(values: Sequence[float]) -> dict:

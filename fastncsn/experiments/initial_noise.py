@@ -142,10 +142,10 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
 
 
 def _tv(a: torch.Tensor, b: torch.Tensor, net) -> float:
-    """Total variation distance between the predicted-class histograms of two sample sets."""
-    with torch.no_grad():
-        ha, hb = (torch.bincount(net(x.clamp(0, 1)).argmax(1), minlength=10).double() / x.shape[0] for x in (a, b))
-    return float(0.5 * (ha - hb).abs().sum())
+    """Total variation distance between the predicted-class histograms of two sample sets (in [0, 1])."""
+    from ..metrics import class_histogram
+    ha, hb = (np.asarray(class_histogram(x, classifier=net).proportions, dtype=np.float64) for x in (a, b))
+    return float(0.5 * np.abs(ha - hb).sum())
 
 
 def _class_table(hists: dict) -> str:
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw the first seed with 2T steps per level (tv_double_T: have the chains mixed?)")
     common.add_common_arguments(p)
     common.add_data_argument(p)
-    common.add_seed_arguments(p)
+    common.add_sample_seeds_argument(p)
     return p
 
 
@@ -199,7 +199,7 @@ def _execute(a: argparse.Namespace, command: str) -> tuple:
     rows, summary = run(a.sigma_1s, L, a.sigma_L, a.schedule,
                         recipe=common.recipe_overrides(a), out_dir=a.out_dir, quick=a.quick, classifier=a.classifier,
                         init=a.init, progress=not a.quiet, command=command, runs_dir=a.runs_dir,
-                        sample_seeds=common.resolve_seeds(a), data=a.data, mixing_check=a.mixing_check)
+                        sample_seeds=common.resolve_sample_seeds(a), data=a.data, mixing_check=a.mixing_check)
     print(common.markdown_table(summary, common.metric_columns(SUMMARY_COLUMNS, a.data)))
     print(f"written {a.out_dir}/{common.output_name(NAME, a.data)}.md, .csv, _summary.csv, .png, _samples.png")
     return rows, summary

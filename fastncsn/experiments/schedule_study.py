@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits classifier weights for the FID (default: the shipped one)")
     common.add_common_arguments(p)
     common.add_data_argument(p)
-    common.add_seed_arguments(p)
+    common.add_sample_seeds_argument(p)
     return p
 
 
@@ -168,7 +168,7 @@ def _execute(a: argparse.Namespace, command: str) -> list:
     rows = run(a.schedules, a.num_levels, a.sigma_1, a.sigma_L,
                recipe=common.recipe_overrides(a), out_dir=a.out_dir,
                quick=a.quick, classifier=a.classifier, progress=not a.quiet, command=command,
-               runs_dir=a.runs_dir, sample_seeds=common.resolve_seeds(a), data=a.data)
+               runs_dir=a.runs_dir, sample_seeds=common.resolve_sample_seeds(a), data=a.data)
     print(common.markdown_table(rows, common.metric_columns(COLUMNS, a.data)))
     print(f"written {a.out_dir}/{common.output_name(NAME, a.data)}.md, .csv, .png, _samples.png")
     return rows

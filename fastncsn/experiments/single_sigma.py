@@ -231,9 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = common.experiment_parser("single-sigma", __doc__)
     common.add_seeds_argument(p, "0,1,2,3,4; with --quick 0,1")
     p.add_argument("--steps", type=flags.count, help="DSM training steps per model (default 5000; --quick 20)")
-    p.add_argument("--batch-size", type=flags.count, default=128, help="training batch size")
-    p.add_argument("--lr", type=flags.positive, default=1e-3, help="Adam learning rate")
-    p.add_argument("--hidden", type=flags.count, default=128, help="MLP width")
+    common.add_toy_training_arguments(p)
     p.add_argument("--sigma-1", type=flags.noise_level, default=10.0, help="largest level of the ladder (to 0.01)")
     p.add_argument("--levels", type=flags.integer(2), default=10, help="L, levels of the ladder")
     p.add_argument("--langevin-eps", type=flags.listing(flags.positive, "steps"), default=[0.1, 0.01],

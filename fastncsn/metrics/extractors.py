@@ -368,6 +368,21 @@ def _mnist_train_stats(device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return stats.mean(), stats.cov()
 
 
+#: the shipped metrics: name -> (its classifier, the statistics of its reference images), per device
+_METRICS = {"digits": (shipped_digits_classifier, _embedded_digits_stats),
+            "mnist": (shipped_mnist_classifier, _mnist_train_stats)}
+
+
+def metric_parts(metric: str = "digits", device: str = "cpu"):
+    """``(features, (mu, sigma))`` of a shipped metric: ``"digits"`` (the digits classifier's features, all
+    1797 embedded digits) or ``"mnist"`` (the MNIST classifier's, the 60,000 training digits); the
+    reference statistics are computed once per process and device."""
+    if metric not in _METRICS:
+        raise ValueError(f"metric: expected 'digits' or 'mnist', got {metric!r}")
+    classifier, stats = _METRICS[metric]
+    return classifier(device).features, stats(device)
+
+
 def mnist_fid(samples, reference=None, batch_size: int = 512,
               device: Union[str, torch.device, None] = None) -> float:
     """MNIST-FID: FID under the shipped MNIST classifier's 64-d features.

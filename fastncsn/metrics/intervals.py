@@ -119,7 +119,7 @@ def fid_intervals(sample_sets: Sequence[torch.Tensor], metric: str = "digits", n
     also subtracts the resampling bias, which near the floor exceeds the figure itself (500 real digits:
     FID 16-53, bootstrap bias ~40, basic interval [0, -2]) -- the spread is what the tables need.
     """
-    from . import extractors
+    from .extractors import metric_parts
     if metric not in ("digits", "mnist"):
         raise ValueError(f"metric: expected 'digits' or 'mnist', got {metric!r}")
     sets = list(sample_sets)
@@ -127,12 +127,7 @@ def fid_intervals(sample_sets: Sequence[torch.Tensor], metric: str = "digits", n
         raise ValueError("sample_sets: expected the samples of at least one seed")
     if (extractor is None) != (reference is None):
         raise ValueError("extractor, reference: give both (or neither, for the metric's own)")
-    if extractor is not None:
-        features, ref = extractor, reference
-    elif metric == "digits":
-        features, ref = extractors.shipped_digits_classifier("cpu").features, extractors._embedded_digits_stats("cpu")
-    else:
-        features, ref = extractors.shipped_mnist_classifier("cpu").features, extractors._mnist_train_stats("cpu")
+    features, ref = (extractor, reference) if extractor is not None else metric_parts(metric)
     boots = []
     for x in sets:
         with torch.inference_mode():
