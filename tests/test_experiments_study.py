@@ -165,3 +165,33 @@ def test_initial_noise_mnist_with_mixing_check(tmp_path):
     assert "MNIST-FID" in md and "on MNIST" in md
     assert not (tmp_path / "initial_noise.csv").exists()
     assert any("mnist_" in p.name for p in (tmp_path / "runs").iterdir())
+
+
+def test_sample_cache_reuses_only_the_same_model_and_settings(tmp_path):
+    """Experiments keep each seed's samples beside the model: the same model and settings read them back,
+    any other weight or setting samples anew, and the cache is read weights-only."""
+    r = dict(QUICK_RECIPE, sample_n=4, sample_batch=4)
+    model, _ = common.train_digits(str(tmp_path / "run"), "geometric", 10, 1.0, 0.01, r)
+    cache = str(tmp_path / "run")
+    x1, t1 = common.sample_digits(model, r, cache_dir=cache)
+    path = common.sample_cache_path(cache, model, r)
+    assert t1 > 0 and torch.equal(torch.load(path, weights_only=True), x1)
+    x2, t2 = common.sample_digits(model, r, cache_dir=cache)
+    assert t2 == 0.0 and torch.equal(x1, x2)
+    assert common.sample_cache_path(cache, model, dict(r, eps=r["eps"] * 2)) != path
+    assert common.sample_cache_path(cache, model, dict(r, seed=1)) != path
+    assert common.sample_cache_path(cache, model, r, init="uniform") != path
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    assert common.sample_cache_path(cache, model, r) != path
+    model.load_state_dict(saved)
+    assert common.sample_cache_path(cache, model, r) == path
+    fields, sets, _ = common.sample_seeds(model, r, (0, 1), cache_dir=cache)   # seed 0 read, seed 1 drawn
+    assert len(list((tmp_path / "run").glob("samples_seed*.pt"))) == 2 and torch.equal(sets[0], x1)
+    again, _, seconds = common.sample_seeds(model, r, (0, 1), cache_dir=cache)
+    assert seconds == 0.0 and again == fields
+    torch.save({"x": object}, path)                  # a pickle that names a Python object: refused
+    from fastncsn.files import UnsafeFileError
+    with pytest.raises(UnsafeFileError, match="cache_dir"):
+        common.sample_digits(model, r, cache_dir=cache)

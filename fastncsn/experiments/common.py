@@ -186,17 +186,19 @@ def reference_images(data: str = "digits") -> torch.Tensor:
 
 
 def sample_seeds(model, r: dict, seeds: Sequence[int], parts: tuple = (None, None), progress: bool = False,
-                 init: Optional[str] = None, n_boot: int = 200, data: str = "digits"):
+                 init: Optional[str] = None, n_boot: int = 200, data: str = "digits",
+                 cache_dir: Optional[str] = None):
     """The recipe's samples of ``model`` for each sampling seed, scored with ``data``'s FID and its intervals.
 
     Returns ``(fields, samples, seconds)`` (``samples``: one tensor per seed): ``fields`` holds ``<data>_fid``
     (the mean over the seeds) and ``<data>_<column>`` for each of
     :data:`fastncsn.metrics.intervals.INTERVAL_COLUMNS` except the mean (the Student-t interval over the
-    seeds, the bootstrap spread, the per-seed FIDs)."""
+    seeds, the bootstrap spread, the per-seed FIDs).  With ``cache_dir`` each seed's samples are kept there
+    and reused (:func:`sample_digits`), so an interrupted run resumes at the seed it stopped in."""
     from ..metrics.intervals import INTERVAL_COLUMNS, fid_intervals
     sets, seconds = [], 0.0
     for s in seeds:
-        x, t = sample_digits(model, dict(r, seed=int(s)), progress, init=init)
+        x, t = sample_digits(model, dict(r, seed=int(s)), progress, init=init, cache_dir=cache_dir)
         sets.append(x)
         seconds += t
     iv = fid_intervals(sets, data, extractor=parts[0], reference=parts[1], n_boot=n_boot)
@@ -283,15 +285,48 @@ def train_digits(run_dir: str, schedule: str, num_levels: int, sigma_1: float, s
     return model, time.time() - t0
 
 
-def sample_digits(model, r: dict, progress: bool = False, init: Optional[str] = None, snapshot_every: int = 0):
-    """``r["sample_n"]`` samples of ``model`` with the recipe's sampler, clamped to [0, 1]; ``(x, seconds)``."""
+#: the recipe entries that decide the samples (with the model's weights); the cache key of :func:`sample_digits`
+SAMPLING_KEYS = ("sample_n", "steps_per_level", "eps", "step_convention", "denoise", "seed", "sample_batch")
+
+
+def sample_cache_path(cache_dir: str, model, r: dict, init: Optional[str] = None) -> str:
+    """Where :func:`sample_digits` keeps the samples of ``model`` under the recipe ``r``: the file name
+    hashes the sampling settings and every weight of the model, so a retrained or resumed model, or any
+    other setting, never reuses another's samples."""
+    import hashlib
+    import json
+    h = hashlib.sha256(json.dumps({**{k: r[k] for k in SAMPLING_KEYS}, "init": init}, sort_keys=True,
+                                  default=str).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return os.path.join(cache_dir, f"samples_seed{int(r['seed'])}_{h.hexdigest()[:16]}.pt")
+
+
+def sample_digits(model, r: dict, progress: bool = False, init: Optional[str] = None, snapshot_every: int = 0,
+                  cache_dir: Optional[str] = None):
+    """``r["sample_n"]`` samples of ``model`` with the recipe's sampler, clamped to [0, 1]; ``(x, seconds)``.
+
+    With ``cache_dir`` (and no snapshots) the samples are written there atomically
+    (:func:`sample_cache_path`) and a later call with the same model and settings reads them back
+    (weights-only load; ``seconds`` is then 0) instead of sampling again."""
+    from ..checkpoint import atomic_save
+    from ..files import safe_torch_load
     from ..sampling.api import sample
     t0 = time.time()
+    path = sample_cache_path(cache_dir, model, r, init) if cache_dir and not snapshot_every else None
+    if path and os.path.exists(path):
+        x = safe_torch_load(path, arg="cache_dir")
+        if isinstance(x, torch.Tensor) and x.shape[0] == r["sample_n"]:
+            return x, 0.0
     out = sample(model, n=r["sample_n"], steps_per_level=r["steps_per_level"], eps=r["eps"],
                  step_convention=r["step_convention"], denoise=r["denoise"], seed=r["seed"], init=init,
                  batch_size=r["sample_batch"], progress=progress, snapshot_every=snapshot_every, fast=False)
-    x = out[0] if snapshot_every else out
-    return x.clamp(0, 1), time.time() - t0
+    x = (out[0] if snapshot_every else out).clamp(0, 1)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_save(x, path)
+    return x, time.time() - t0
 
 
 def last_loss(run_dir: str) -> Optional[float]:

@@ -93,11 +93,13 @@ def run(sigma_1s: Sequence[float] = (1.0, 30.0), num_levels: int = 200, sigma_L:
         run_dir = os.path.join(runs_dir or os.path.join(out_dir, "runs"),
                                common.run_name(schedule, num_levels, s1, sigma_L, r, data))
         model, t_train = common.train_digits(run_dir, schedule, num_levels, s1, sigma_L, r, progress, data)
-        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress, init=init, data=data)
+        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress, init=init, data=data,
+                                                     cache_dir=run_dir)
         tv_double = None
         if mixing_check:
             x2, t2 = common.sample_digits(model, dict(r, seed=int(sample_seeds[0]),
-                                                      steps_per_level=2 * r["steps_per_level"]), progress, init=init)
+                                                      steps_per_level=2 * r["steps_per_level"]), progress, init=init,
+                                         cache_dir=run_dir)
             tv_double, t_sample = _tv(x2, sets[1], net), t_sample + t2
         x = torch.cat(sets)                              # the histogram: the samples of every seed
         h = class_histogram(x, classifier=net)

@@ -84,7 +84,8 @@ def run(schedules: Sequence[str] = SCHEDULES, num_levels: int = 10, sigma_1: flo
         run_dir = os.path.join(runs_dir or os.path.join(out_dir, "runs"),
                                common.run_name(kind, num_levels, sigma_1, sigma_L, r, data))
         model, t_train = common.train_digits(run_dir, kind, num_levels, sigma_1, sigma_L, r, progress, data)
-        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress, data=data)
+        fields, sets, t_sample = common.sample_seeds(model, r, sample_seeds, parts, progress, data=data,
+                                                     cache_dir=run_dir)
         fid = fields[key]
         grids.append(sets[0][:10])
         rows.append(dict(schedule=kind, **fields, report_mnist_fid=REPORT_MNIST_FID.get(kind),
