@@ -58,8 +58,9 @@ def add_common_arguments(p: argparse.ArgumentParser, training: bool = True) -> N
                        help="meaning of --eps (default: the recipe's)")
         g.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
                        help="final denoising step (default: the recipe's)")
-        p.add_argument("--runs-dir", type=flags.output_dir, help="where the trained models are kept and reused "
-                       "(default runs/experiments; with --quick: <out-dir>/runs)")
+        p.add_argument("--runs-dir", type=flags.output_dir, help="where the trained models, and each sampling "
+                       "seed's samples, are kept and reused (default runs/experiments; with --quick: "
+                       "<out-dir>/runs)")
 
 
 def resolve_dirs(a: argparse.Namespace) -> None:
