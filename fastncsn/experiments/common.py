@@ -325,8 +325,7 @@ def sample_digits(model, r: dict, progress: bool = False, init: Optional[str] = 
                  batch_size=r["sample_batch"], progress=progress, snapshot_every=snapshot_every, fast=False)
     x = (out[0] if snapshot_every else out).clamp(0, 1)
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        atomic_save(x, path)
+        atomic_save(x, path)                         # (atomic_write creates the folder)
     return x, time.time() - t0
 
 
